@@ -1,0 +1,3 @@
+from mailmapd.cli import main
+
+raise SystemExit(main())

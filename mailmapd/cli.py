@@ -1,0 +1,112 @@
+"""The ``mailmapd`` command: a function of argv that returns an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from mailmapd import __version__
+from mailmapd.backends import open_backend
+from mailmapd.config import DEFAULT_CONFIG_PATH, MAP_NAMES, Config, ConfigError, load_config
+from mailmapd.daemon import make_resolver, serve
+from mailmapd.proto import Found, NotFound, PermFail, TempFail
+
+log = logging.getLogger("mailmapd")
+
+# Exit statuses of `mailmapd query`, as postmap's users expect plus sysexits(3)'s TEMPFAIL.
+EXIT_FOUND = os.EX_OK
+EXIT_NOT_FOUND = 1
+EXIT_TEMPFAIL = os.EX_TEMPFAIL  # 75
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailmapd",
+        description="Answer Postfix's virtual domain, alias, mailbox, transport and quota lookups from SQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"mailmapd {__version__}")
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="PATH",
+        default=os.environ.get("MAILMAPD_CONFIG", DEFAULT_CONFIG_PATH),
+        help="configuration file (default: $MAILMAPD_CONFIG or %(default)s)",
+    )
+    parser.add_argument("--debug", action="store_true", help="log every lookup (log_level = debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("serve", help="run the daemon in the foreground until SIGTERM")
+
+    query = sub.add_parser(
+        "query",
+        help="look up KEY in MAP once, as Postfix would (exit 0 found, 1 not found, 75 try again)",
+    )
+    query.add_argument("map", metavar="MAP", choices=MAP_NAMES, help=", ".join(MAP_NAMES))
+    query.add_argument("key", metavar="KEY")
+
+    sub.add_parser("check-config", help="validate the configuration file and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"mailmapd: {exc}", file=sys.stderr)
+        return os.EX_CONFIG
+    setup_logging("debug" if args.debug else cfg.log_level)
+    handler = {"serve": cmd_serve, "query": cmd_query, "check-config": cmd_check_config}[
+        args.command
+    ]
+    return handler(cfg, args)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(serve(cfg))
+    except OSError as exc:
+        # A listener could not bind (address in use, permission): say which, exit cleanly.
+        print(f"mailmapd: {exc}", file=sys.stderr)
+        return os.EX_OSERR
+    return os.EX_OK
+
+
+def cmd_query(cfg: Config, args: argparse.Namespace) -> int:
+    async def run() -> int:
+        backend = open_backend(cfg.database)
+        try:
+            result = await make_resolver(cfg, backend).resolve(args.map, args.key)
+        finally:
+            await backend.close()
+        match result:
+            case Found(value):
+                print(value)
+                return EXIT_FOUND
+            case NotFound():
+                return EXIT_NOT_FOUND
+            case TempFail(reason) | PermFail(reason):
+                print(f"mailmapd: temporary failure: {reason}", file=sys.stderr)
+                return EXIT_TEMPFAIL
+
+    return asyncio.run(run())
+
+
+def cmd_check_config(cfg: Config, _args: argparse.Namespace) -> int:
+    listeners = ", ".join(f"{lc.protocol} on {lc.address}" for lc in cfg.listen) or "no listeners"
+    print(f"{cfg.path}: OK (database {cfg.database.url.redacted()}; {listeners})")
+    return os.EX_OK

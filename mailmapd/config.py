@@ -1,0 +1,431 @@
+"""The configuration file: TOML parsed once into frozen, typed sections.
+
+Every key has its default in its field. An unknown key, a value of the wrong type or an
+impossible value raises ConfigError naming the file and the key's dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from mailmapd.sqltemplate import QueryTemplate, TemplateError
+
+DEFAULT_CONFIG_PATH = "/etc/mailmapd/mailmapd.toml"
+DEFAULT_DATABASE_URL = "sqlite:///var/lib/mailmapd/mail.db"
+
+Protocol = Literal["socketmap", "tcp_table", "policy"]
+PROTOCOLS: tuple[str, ...] = typing.get_args(Protocol)
+
+# The maps mailmapd serves; see docs/maps.md. The Postfix-facing maps perform their
+# main.cf parameter's search order; forwardings and email2email answer the exact key.
+MAP_NAMES: tuple[str, ...] = (
+    "domains",
+    "mailboxes",
+    "aliases",
+    "transports",
+    "quota",
+    "forwardings",
+    "email2email",
+)
+
+# The seed's six queries (mysql-virtual_*.cf), unchanged.
+SEED_QUERIES: dict[str, str] = {
+    "domains": "SELECT domain AS virtual FROM domains WHERE domain='%s'",
+    "forwardings": "SELECT destination FROM forwardings WHERE source='%s'",
+    "mailboxes": (
+        "SELECT CONCAT(SUBSTRING_INDEX(email,'@',-1),'/',SUBSTRING_INDEX(email,'@',1),'/')"
+        " FROM users WHERE email='%s'"
+    ),
+    "email2email": "SELECT email FROM users WHERE email='%s'",
+    "transports": "SELECT transport FROM transport WHERE domain='%s'",
+    "quota": "SELECT quota FROM users WHERE email='%s'",
+}
+
+
+_T = TypeVar("_T")
+_MAX_PORT = 65535
+_MAX_MODE = 0o777
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseURL:
+    """A parsed ``database.url``: ``mysql://user:pw@h1:3306,h2/db`` or ``sqlite:///path``."""
+
+    scheme: Literal["mysql", "sqlite"]
+    hosts: tuple[HostPort, ...] = ()
+    unix_socket: str | None = None
+    user: str = ""
+    password: str = field(default="", repr=False)
+    database: str = ""
+    path: str = ""
+
+    def redacted(self) -> str:
+        """The URL with the password replaced, for logs and error messages."""
+        if self.scheme == "sqlite":
+            return f"sqlite://{self.path}"
+        where = ",".join(f"{h.host}:{h.port}" for h in self.hosts) or f"unix:{self.unix_socket}"
+        auth = f"{self.user}:***@" if self.password else (f"{self.user}@" if self.user else "")
+        return f"mysql://{auth}{where}/{self.database}"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: DatabaseURL = field(
+        default_factory=lambda: parse_database_url(DEFAULT_DATABASE_URL, "database.url")
+    )
+    # Seconds to establish one connection to one host before trying the next.
+    connect_timeout: float = 3.0
+    # Seconds a failed host is skipped (mysql_table(5) retry_interval).
+    retry_interval: float = 60.0
+    # Connections kept per host (MySQL only).
+    pool_size: int = 10
+    # Seconds after which an idle pooled connection is replaced; keep it under the
+    # server's wait_timeout (28800 s by default) so a dropped connection is never used.
+    pool_recycle: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    protocol: Protocol
+    address: str
+    map: str | None = None
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MapConfig:
+    # mysql_table(5)-style query; None means the seed's query (aliases has none:
+    # it combines forwardings and email2email).
+    query: str | None = None
+    # aliases only: carry an unmatched +extension onto each result address, as
+    # Postfix's propagate_unmatched_extensions (default includes "virtual") does.
+    propagate_extension: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LookupConfig:
+    # Seconds one lookup may take, its whole search order included, before it answers
+    # TEMP. Postfix waits 100 s; answering well before keeps its processes moving.
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    # Connections beyond this are closed at once (Postfix retries).
+    max_connections: int = 1000
+    # Seconds a connection may stay silent before it is closed. Postfix closes its own
+    # idle socketmap connections after 10 s and policy connections after 300 s.
+    idle_timeout: float = 600.0
+    # Requests read ahead of the one being answered before reading pauses.
+    max_pipelined: int = 64
+    # Seconds SIGTERM waits for requests in flight before closing connections.
+    shutdown_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str = "<defaults>"
+    recipient_delimiter: str = "+"
+    log_level: str = "info"
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    lookup: LookupConfig = field(default_factory=LookupConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    listen: tuple[ListenConfig, ...] = ()
+    maps: dict[str, MapConfig] = field(default_factory=dict)
+
+    def map_config(self, name: str) -> MapConfig:
+        return self.maps.get(name, MapConfig())
+
+    def query_for(self, name: str) -> str:
+        """The query text of a map backed by one query (everything but aliases)."""
+        return self.map_config(name).query or SEED_QUERIES[name]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file."""
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{name}: not valid TOML: {exc}") from exc
+    return parse_config(data, name)
+
+
+def parse_config(data: dict[str, Any], name: str = "<config>") -> Config:
+    """Build a Config from parsed TOML; errors name ``name`` and the key."""
+    try:
+        return _parse(data, name)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _parse(data: dict[str, Any], name: str) -> Config:
+    _check_keys(data, {f.name for f in dataclasses.fields(Config)} - {"path"}, "")
+    top = {
+        k: v for k, v in data.items() if k not in {"database", "lookup", "server", "listen", "maps"}
+    }
+    cfg = _build(Config, top, "")
+    delimiter = cfg.recipient_delimiter
+    if any(c.isspace() or c == "@" for c in delimiter):
+        raise ConfigError("recipient_delimiter: must not contain whitespace or '@'")
+    if cfg.log_level not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("log_level: must be one of debug, info, warning, error")
+
+    db_raw = _table(data.get("database", {}), "database")
+    url_text = db_raw.pop("url", DEFAULT_DATABASE_URL)
+    if not isinstance(url_text, str):
+        raise ConfigError("database.url: expected a string")
+    database = _build(DatabaseConfig, db_raw, "database.")
+    database = dataclasses.replace(database, url=parse_database_url(url_text, "database.url"))
+    _positive(database.connect_timeout, "database.connect_timeout")
+    _positive(database.pool_size, "database.pool_size")
+
+    lookup = _build(LookupConfig, _table(data.get("lookup", {}), "lookup"), "lookup.")
+    _positive(lookup.timeout, "lookup.timeout")
+    server = _build(ServerConfig, _table(data.get("server", {}), "server"), "server.")
+    _positive(server.max_connections, "server.max_connections")
+    _positive(server.idle_timeout, "server.idle_timeout")
+    _positive(server.max_pipelined, "server.max_pipelined")
+
+    maps: dict[str, MapConfig] = {}
+    for map_name, section in _table(data.get("maps", {}), "maps").items():
+        where = f"maps.{map_name}"
+        if map_name not in MAP_NAMES:
+            raise ConfigError(f"{where}: unknown map (known: {', '.join(MAP_NAMES)})")
+        mc = _build(MapConfig, _table(section, where), where + ".")
+        if mc.query is not None:
+            if map_name == "aliases":
+                raise ConfigError(
+                    "maps.aliases.query: aliases has no query of its own; "
+                    "set maps.forwardings.query and maps.email2email.query"
+                )
+            try:
+                QueryTemplate.parse(mc.query)
+            except TemplateError as exc:
+                raise ConfigError(f"{where}.query: {exc}") from None
+        maps[map_name] = mc
+
+    listen_raw = data.get("listen", [])
+    if not isinstance(listen_raw, list):
+        raise ConfigError("listen: expected an array of tables ([[listen]])")
+    listeners = tuple(_parse_listen(item, i) for i, item in enumerate(listen_raw))
+    seen: set[str] = set()
+    for lc in listeners:
+        if lc.address in seen:
+            raise ConfigError(f"listen: address {lc.address} is used twice")
+        seen.add(lc.address)
+
+    return dataclasses.replace(
+        cfg,
+        path=name,
+        database=database,
+        lookup=lookup,
+        server=server,
+        listen=listeners,
+        maps=maps,
+    )
+
+
+def _parse_listen(item: object, index: int) -> ListenConfig:
+    where = f"listen[{index}]"
+    raw = _table(item, where)
+    mode = raw.pop("mode", None)
+    lc = _build(ListenConfig, raw, where + ".")
+    if lc.protocol not in PROTOCOLS:
+        raise ConfigError(f"{where}.protocol: must be one of {', '.join(PROTOCOLS)}")
+    parse_address(lc.address, f"{where}.address")
+    if lc.protocol == "tcp_table":
+        if lc.map is None:
+            raise ConfigError(
+                f"{where}.map: required for tcp_table (the protocol carries no map name)"
+            )
+        if lc.map not in MAP_NAMES:
+            raise ConfigError(f"{where}.map: unknown map {lc.map!r}")
+    elif lc.map is not None:
+        raise ConfigError(f"{where}.map: only tcp_table listeners take a map")
+    if mode is not None:
+        if isinstance(mode, str):
+            try:
+                mode = int(mode, 8)
+            except ValueError:
+                raise ConfigError(f'{where}.mode: expected an octal string like "0660"') from None
+        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= _MAX_MODE:
+            raise ConfigError(f'{where}.mode: expected an octal string like "0660"')
+    if (mode is not None or lc.owner or lc.group) and not lc.address.startswith("unix:"):
+        raise ConfigError(f"{where}: mode, owner and group apply to unix: addresses only")
+    return dataclasses.replace(lc, mode=mode)
+
+
+@dataclass(frozen=True, slots=True)
+class InetAddress:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnixAddress:
+    path: str
+
+
+def parse_address(text: str, where: str) -> InetAddress | UnixAddress:
+    """``inet:host:port``, ``inet:[::1]:port`` or ``unix:/path``."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path.startswith("/"):
+            raise ConfigError(f"{where}: unix socket path must be absolute: {text!r}")
+        return UnixAddress(path)
+    if text.startswith("inet:"):
+        rest = text[5:]
+        host, sep, port_text = rest.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= _MAX_PORT:
+            raise ConfigError(f"{where}: expected inet:HOST:PORT, got {text!r}")
+        return InetAddress(host, int(port_text))
+    raise ConfigError(f"{where}: expected inet:HOST:PORT or unix:/PATH, got {text!r}")
+
+
+def parse_database_url(text: str, where: str) -> DatabaseURL:
+    if text.startswith("sqlite://"):
+        path = text[len("sqlite://") :]
+        if not path.startswith("/"):
+            raise ConfigError(f"{where}: sqlite URL needs an absolute path: sqlite:///var/lib/...")
+        return DatabaseURL("sqlite", path=path)
+    if not text.startswith("mysql://"):
+        raise ConfigError(
+            f"{where}: expected mysql://... or sqlite:///..., got a {text.split(':', 1)[0]!r} URL"
+        )
+    parts = urlsplit(text)
+    netloc = parts.netloc
+    userinfo, _, hostlist = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    database = unquote(parts.path.lstrip("/"))
+    if not database:
+        raise ConfigError(f"{where}: the URL names no database (mysql://user:pw@host/DBNAME)")
+    hosts: list[HostPort] = []
+    unix_socket = None
+    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+    if "unix_socket" in query:
+        unix_socket = unquote(query.pop("unix_socket"))
+    if query:
+        raise ConfigError(
+            f"{where}: unknown URL parameter {next(iter(query))!r} (known: unix_socket)"
+        )
+    for item in filter(None, hostlist.split(",")):
+        host, port = item, 3306
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest.startswith(":"):
+                port = _port(rest[1:], where)
+        elif item.count(":") == 1:
+            host, port_text = item.split(":")
+            port = _port(port_text, where)
+        hosts.append(HostPort(host, port))
+    if not hosts and unix_socket is None:
+        raise ConfigError(f"{where}: the URL names no host")
+    return DatabaseURL(
+        "mysql",
+        hosts=tuple(hosts),
+        unix_socket=unix_socket,
+        user=unquote(user),
+        password=unquote(password),
+        database=database,
+    )
+
+
+def _port(text: str, where: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= _MAX_PORT:
+        raise ConfigError(f"{where}: bad port {text!r}")
+    return int(text)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _table(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table")
+    return dict(value)
+
+
+def _check_keys(data: dict[str, Any], known: set[str], prefix: str) -> None:
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}: unknown key")
+
+
+def _build(cls: type[_T], data: dict[str, Any], prefix: str) -> _T:
+    """Instantiate a config dataclass from a table, checking names and types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: unknown key")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: object, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            allowed = ", ".join(str(a) for a in typing.get_args(hint))
+            raise ConfigError(f"{where}: must be one of {allowed}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, options[0], where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number of seconds")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string")
+        return value
+    raise ConfigError(
+        f"{where}: unsupported value"
+    )  # pragma: no cover - a config field type we forgot
+
+
+def _positive(value: float, where: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where}: must be greater than zero")

@@ -1,0 +1,391 @@
+"""asyncio listeners and the per-connection loop.
+
+Each connection is an ``asyncio.Protocol``. Bytes go through the protocol's sans-IO decoder;
+each complete request is answered in order. A request that can be answered without waiting
+(a key that cannot exist, later a cache hit) is written from ``data_received`` directly; the
+first one that needs the database starts a task that answers it and everything queued behind
+it, in order, then ends. Concurrency comes from many connections, as Postfix opens them.
+
+A malformed request closes its connection (Postfix reconnects and retries) and is logged;
+it never gets a made-up answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import stat
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from mailmapd.config import InetAddress, ListenConfig, ServerConfig, UnixAddress, parse_address
+from mailmapd.proto import (
+    NOT_FOUND,
+    ProtocolError,
+    Result,
+    TempFail,
+    decode_key,
+    socketmap,
+    tcptable,
+)
+from mailmapd.proto.netstring import NetstringDecoder
+
+if TYPE_CHECKING:
+    from mailmapd.lookup import Resolver
+
+log = logging.getLogger(__name__)
+
+
+class Decoder(Protocol):
+    @property
+    def pending(self) -> int: ...
+
+    def feed(self, data: bytes) -> list[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A lookup that needs the resolver: the map and the decoded key."""
+
+    table: str
+    key: str
+
+
+class Handler(Protocol):
+    """What one protocol contributes: framing, parsing, and encoding of results."""
+
+    name: str
+
+    def new_decoder(self) -> Decoder: ...
+
+    def start(self, frame: bytes) -> bytes | Job:
+        """The reply when it is known now, else the Job to resolve. Raises ProtocolError."""
+        ...
+
+    def encode(self, result: Result) -> bytes: ...
+
+
+class SocketmapHandler:
+    name = "socketmap"
+
+    def __init__(self, max_request: int = socketmap.MAX_REQUEST_DEFAULT) -> None:
+        self._max_request = max_request
+
+    def new_decoder(self) -> Decoder:
+        return NetstringDecoder(self._max_request)
+
+    def start(self, frame: bytes) -> bytes | Job:
+        lookup = socketmap.parse_request(frame)
+        key = decode_key(lookup.key)
+        if key is None:
+            return socketmap.encode_reply(NOT_FOUND)
+        return Job(lookup.table, key)
+
+    def encode(self, result: Result) -> bytes:
+        return socketmap.encode_reply(result)
+
+
+class TcpTableHandler:
+    """tcp_table carries no map name: each listener serves one map."""
+
+    name = "tcp_table"
+
+    def __init__(self, table: str) -> None:
+        self._table = table
+
+    def new_decoder(self) -> Decoder:
+        return tcptable.LineDecoder()
+
+    def start(self, frame: bytes) -> bytes | Job:
+        key = decode_key(tcptable.parse_request(frame).key)
+        if key is None:
+            return tcptable.encode_reply(NOT_FOUND)
+        return Job(self._table, key)
+
+    def encode(self, result: Result) -> bytes:
+        return tcptable.encode_reply(result)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: Server, handler: Handler) -> None:
+        self._server = server
+        self._handler = handler
+        self._decoder = handler.new_decoder()
+        self._loop = server.loop
+        self._transport: asyncio.Transport | None = None
+        self._peer = "?"
+        self._queue: deque[bytes] | None = None  # not None while a worker task runs
+        self._worker: asyncio.Task[None] | None = None
+        self._last_activity = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self.closing = False
+
+    # ---------------------------------------------------------------- transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        if not self._server.admit(self):
+            transport.abort()
+            return
+        self._last_activity = self._loop.time()
+        self._idle_timer = self._loop.call_later(self._server.cfg.idle_timeout, self._check_idle)
+        log.debug("%s connection from %s", self._handler.name, self._peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._worker is not None:
+            self._worker.cancel()
+        if self._decoder.pending and exc is None:
+            log.info(
+                "%s: %s closed the connection in the middle of a request",
+                self._handler.name,
+                self._peer,
+            )
+        self._server.forget(self)
+        log.debug("%s connection from %s closed", self._handler.name, self._peer)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = self._loop.time()
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self._malformed(exc)
+            return
+        for frame in frames:
+            if self._queue is not None:
+                self._queue.append(frame)
+                continue
+            try:
+                out = self._handler.start(frame)
+            except ProtocolError as exc:
+                self._malformed(exc)
+                return
+            if isinstance(out, bytes):
+                self._write(out)
+            else:
+                self._queue = deque()
+                self._worker = self._loop.create_task(self._work(out))
+        if self._queue is not None and len(self._queue) >= self._server.cfg.max_pipelined:
+            self._set_reading(paused=True)
+
+    def pause_writing(self) -> None:
+        # The peer does not read its replies: stop reading its requests until it does.
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    # ---------------------------------------------------------------- answering
+
+    async def _work(self, job: Job) -> None:
+        queue = self._queue
+        assert queue is not None
+        try:
+            while True:
+                self._write(await self._resolve(job))
+                next_job = None
+                while queue and next_job is None:
+                    try:
+                        out = self._handler.start(queue.popleft())
+                    except ProtocolError as exc:
+                        self._malformed(exc)
+                        return
+                    if isinstance(out, bytes):
+                        self._write(out)
+                    else:
+                        next_job = out
+                if self._read_paused and len(queue) < self._server.cfg.max_pipelined // 2 + 1:
+                    self._set_reading(paused=False)
+                if next_job is None:
+                    break
+                job = next_job
+        finally:
+            self._queue = None
+            self._worker = None
+        if self.closing:
+            self.close()
+
+    async def _resolve(self, job: Job) -> bytes:
+        try:
+            result = await self._server.resolver.resolve(job.table, job.key)
+        except Exception:
+            # The one broad except: a bug must cost one TEMP answer, not the daemon.
+            log.exception("%s: internal error answering %s", self._handler.name, job.table)
+            result = TempFail("internal error in mailmapd, see its log")
+        return self._handler.encode(result)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _malformed(self, exc: ProtocolError) -> None:
+        log.warning(
+            "%s: malformed request from %s, closing: %s", self._handler.name, self._peer, exc
+        )
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _set_reading(self, *, paused: bool) -> None:
+        self._read_paused = paused
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        if self._read_paused or self._write_paused:
+            self._transport.pause_reading()
+        else:
+            self._transport.resume_reading()
+
+    def _check_idle(self) -> None:
+        idle = self._server.cfg.idle_timeout
+        remaining = self._last_activity + idle - self._loop.time()
+        if self._worker is None and remaining <= 0:
+            log.debug("%s: closing idle connection from %s", self._handler.name, self._peer)
+            self.close()
+            return
+        self._idle_timer = self._loop.call_later(max(remaining, 1.0), self._check_idle)
+
+    @property
+    def worker(self) -> asyncio.Task[None] | None:
+        """The task answering this connection's requests, while there is one."""
+        return self._worker
+
+    def close(self) -> None:
+        """Close now if idle, else once the requests in flight are answered."""
+        self.closing = True
+        if self._worker is None and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class Server:
+    """All listeners of one daemon and the connections they accepted."""
+
+    def __init__(self, cfg: ServerConfig, resolver: Resolver) -> None:
+        self.cfg = cfg
+        self.resolver = resolver
+        self.loop = asyncio.get_running_loop()
+        self._servers: list[asyncio.Server] = []
+        self._unix_paths: list[str] = []
+        self._connections: set[_Connection] = set()
+        self._refused = 0
+
+    @property
+    def sockets(self) -> list[tuple[str, object]]:
+        """(protocol, sockname) for every listening socket, e.g. to read back port 0."""
+        out: list[tuple[str, object]] = []
+        for srv in self._servers:
+            name = getattr(srv, "mailmapd_protocol", "?")
+            out.extend((name, sock.getsockname()) for sock in srv.sockets)
+        return out
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def admit(self, conn: _Connection) -> bool:
+        if len(self._connections) >= self.cfg.max_connections:
+            self._refused += 1
+            if self._refused == 1 or self._refused % 1000 == 0:
+                log.warning(
+                    "connection limit server.max_connections=%d reached; refused %d so far",
+                    self.cfg.max_connections,
+                    self._refused,
+                )
+            return False
+        self._connections.add(conn)
+        return True
+
+    def forget(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+
+    async def listen(self, lc: ListenConfig, handler: Handler) -> None:
+        """Open one listener from a ``[[listen]]`` section."""
+
+        def factory() -> _Connection:
+            return _Connection(self, handler)
+
+        address = parse_address(lc.address, "listen.address")
+        if isinstance(address, InetAddress):
+            srv = await self.loop.create_server(
+                factory, address.host, address.port, reuse_address=True
+            )
+        else:
+            srv = await self._listen_unix(factory, address, lc)
+        srv.mailmapd_protocol = handler.name  # type: ignore[attr-defined]
+        self._servers.append(srv)
+        for sock in srv.sockets:
+            log.info("listening for %s on %s", handler.name, _describe_sockname(sock.getsockname()))
+
+    async def _listen_unix(
+        self, factory: Callable[[], _Connection], address: UnixAddress, lc: ListenConfig
+    ) -> asyncio.Server:
+        _remove_stale_socket(address.path)
+        old_umask = os.umask(0o117)  # no window in which the socket is world-accessible
+        try:
+            srv = await self.loop.create_unix_server(factory, address.path)
+        finally:
+            os.umask(old_umask)
+        _set_socket_access(address.path, lc)
+        self._unix_paths.append(address.path)
+        return srv
+
+    async def stop(self) -> None:
+        """Stop accepting, finish requests in flight, close connections; bounded in time."""
+        for srv in self._servers:
+            srv.close()
+        for conn in list(self._connections):
+            conn.close()
+        workers = [c.worker for c in self._connections if c.worker is not None]
+        if workers:
+            await asyncio.wait(workers, timeout=self.cfg.shutdown_timeout)
+        for conn in list(self._connections):
+            conn.abort()
+        for srv in self._servers:
+            await srv.wait_closed()
+        for path in self._unix_paths:
+            _remove_stale_socket(path)
+        self._servers.clear()
+
+
+def _describe_sockname(name: object) -> str:
+    if isinstance(name, tuple):
+        host, port = name[0], name[1]
+        return f"inet:[{host}]:{port}" if ":" in str(host) else f"inet:{host}:{port}"
+    return f"unix:{name}"
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left behind by an earlier run; refuse to remove anything else."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(Path(path).lstat().st_mode):
+            Path(path).unlink()
+
+
+def _set_socket_access(path: str, lc: ListenConfig) -> None:
+    if lc.owner is not None or lc.group is not None:
+        uid = pwd.getpwnam(lc.owner).pw_uid if lc.owner else -1
+        gid = grp.getgrnam(lc.group).gr_gid if lc.group else -1
+        os.chown(path, uid, gid)
+    Path(path).chmod(lc.mode if lc.mode is not None else 0o660)
