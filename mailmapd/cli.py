@@ -61,9 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mailmapd: {exc}", file=sys.stderr)
         return os.EX_CONFIG
     setup_logging("debug" if args.debug else cfg.log_level)
-    handler = {"serve": cmd_serve, "query": cmd_query, "check-config": cmd_check_config}[
-        args.command
-    ]
+    handler = {"serve": cmd_serve, "query": cmd_query, "check-config": cmd_check_config}[args.command]
     return handler(cfg, args)
 
 

@@ -41,8 +41,7 @@ SEED_QUERIES: dict[str, str] = {
     "domains": "SELECT domain AS virtual FROM domains WHERE domain='%s'",
     "forwardings": "SELECT destination FROM forwardings WHERE source='%s'",
     "mailboxes": (
-        "SELECT CONCAT(SUBSTRING_INDEX(email,'@',-1),'/',SUBSTRING_INDEX(email,'@',1),'/')"
-        " FROM users WHERE email='%s'"
+        "SELECT CONCAT(SUBSTRING_INDEX(email,'@',-1),'/',SUBSTRING_INDEX(email,'@',1),'/') FROM users WHERE email='%s'"
     ),
     "email2email": "SELECT email FROM users WHERE email='%s'",
     "transports": "SELECT transport FROM transport WHERE domain='%s'",
@@ -88,9 +87,7 @@ class DatabaseURL:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    url: DatabaseURL = field(
-        default_factory=lambda: parse_database_url(DEFAULT_DATABASE_URL, "database.url")
-    )
+    url: DatabaseURL = field(default_factory=lambda: parse_database_url(DEFAULT_DATABASE_URL, "database.url"))
     # Seconds to establish one connection to one host before trying the next.
     connect_timeout: float = 3.0
     # Seconds a failed host is skipped (mysql_table(5) retry_interval).
@@ -188,9 +185,7 @@ def parse_config(data: dict[str, Any], name: str = "<config>") -> Config:
 
 def _parse(data: dict[str, Any], name: str) -> Config:
     _check_keys(data, {f.name for f in dataclasses.fields(Config)} - {"path"}, "")
-    top = {
-        k: v for k, v in data.items() if k not in {"database", "lookup", "server", "listen", "maps"}
-    }
+    top = {k: v for k, v in data.items() if k not in {"database", "lookup", "server", "listen", "maps"}}
     cfg = _build(Config, top, "")
     delimiter = cfg.recipient_delimiter
     if any(c.isspace() or c == "@" for c in delimiter):
@@ -263,9 +258,7 @@ def _parse_listen(item: object, index: int) -> ListenConfig:
     parse_address(lc.address, f"{where}.address")
     if lc.protocol == "tcp_table":
         if lc.map is None:
-            raise ConfigError(
-                f"{where}.map: required for tcp_table (the protocol carries no map name)"
-            )
+            raise ConfigError(f"{where}.map: required for tcp_table (the protocol carries no map name)")
         if lc.map not in MAP_NAMES:
             raise ConfigError(f"{where}.map: unknown map {lc.map!r}")
     elif lc.map is not None:
@@ -319,9 +312,7 @@ def parse_database_url(text: str, where: str) -> DatabaseURL:
             raise ConfigError(f"{where}: sqlite URL needs an absolute path: sqlite:///var/lib/...")
         return DatabaseURL("sqlite", path=path)
     if not text.startswith("mysql://"):
-        raise ConfigError(
-            f"{where}: expected mysql://... or sqlite:///..., got a {text.split(':', 1)[0]!r} URL"
-        )
+        raise ConfigError(f"{where}: expected mysql://... or sqlite:///..., got a {text.split(':', 1)[0]!r} URL")
     parts = urlsplit(text)
     netloc = parts.netloc
     userinfo, _, hostlist = netloc.rpartition("@")
@@ -335,9 +326,7 @@ def parse_database_url(text: str, where: str) -> DatabaseURL:
     if "unix_socket" in query:
         unix_socket = unquote(query.pop("unix_socket"))
     if query:
-        raise ConfigError(
-            f"{where}: unknown URL parameter {next(iter(query))!r} (known: unix_socket)"
-        )
+        raise ConfigError(f"{where}: unknown URL parameter {next(iter(query))!r} (known: unix_socket)")
     for item in filter(None, hostlist.split(",")):
         host, port = item, 3306
         if item.startswith("["):
@@ -421,9 +410,7 @@ def _coerce(value: object, hint: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string")
         return value
-    raise ConfigError(
-        f"{where}: unsupported value"
-    )  # pragma: no cover - a config field type we forgot
+    raise ConfigError(f"{where}: unsupported value")  # pragma: no cover - a config field type we forgot
 
 
 def _positive(value: float, where: str) -> None:

@@ -19,11 +19,6 @@ from mailmapd.proto import NOT_FOUND, Found, PermFail, Result, TempFail
 log = logging.getLogger(__name__)
 
 
-def fold(key: str) -> str:
-    """Postfix's key folding for its own tables (casefold_utf8 with smtputf8_enable)."""
-    return key.casefold()
-
-
 class Resolver:
     def __init__(self, maps: Mapping[str, Map], timeout: float) -> None:
         self._maps = dict(maps)
@@ -41,7 +36,7 @@ class Resolver:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                value = await the_map.lookup(fold(key))
+                value = await the_map.lookup(key)
         except TimeoutError:
             result: Result = TempFail(f"database did not answer within {self._timeout:g}s")
         except BackendError as exc:

@@ -58,9 +58,7 @@ def split_extension(local: str, delimiters: str) -> tuple[str, str] | None:
         return None
     if "-" in delimiters:
         lowered = local.lower()
-        if lowered.startswith("owner-") or (
-            len(lowered) > len("-request") and lowered.endswith("-request")
-        ):
+        if lowered.startswith("owner-") or (len(lowered) > len("-request") and lowered.endswith("-request")):
             return None
     for i, ch in enumerate(local):
         if ch in delimiters:
@@ -138,10 +136,25 @@ def add_extension(value: str, extension: str) -> str:
     return ",".join(out)
 
 
+def fold(key: str) -> str:
+    """Postfix's folding of keys for its own tables (casefold_utf8 with smtputf8_enable).
+
+    Each key of a search order is folded just before its query; the search order itself is
+    derived from the key as sent, so a propagated +Extension keeps its case, as in Postfix.
+    """
+    return key.casefold()
+
+
 class Map(Protocol):
     async def lookup(self, key: str) -> str | None:
-        """The value for an already case-folded key; raise BackendError on failure."""
+        """The value for a key exactly as Postfix sent it; raise BackendError on failure."""
         ...
+
+
+class Source(Protocol):
+    """Where a map's values come from: one query (or a fake in unit tests)."""
+
+    async def value(self, key: str) -> str | None: ...
 
 
 class Query:
@@ -152,7 +165,7 @@ class Query:
         self._backend = backend
 
     async def value(self, key: str) -> str | None:
-        params = self._compiled.params(key)
+        params = self._compiled.params(fold(key))
         if params is None:
             return None
         return join_rows(await self._backend.fetch(self._compiled.sql, params))
@@ -161,7 +174,7 @@ class Query:
 class ExactMap:
     """One query, the key as given (domains, forwardings, email2email)."""
 
-    def __init__(self, query: Query) -> None:
+    def __init__(self, query: Source) -> None:
         self._query = query
 
     async def lookup(self, key: str) -> str | None:
@@ -171,7 +184,7 @@ class ExactMap:
 class SearchMap:
     """One query, tried with each key of a search order until one has a value."""
 
-    def __init__(self, query: Query, order: Callable[[str], list[str]]) -> None:
+    def __init__(self, query: Source, order: Callable[[str], list[str]]) -> None:
         self._query = query
         self._order = order
 
@@ -190,7 +203,7 @@ class AliasMap:
     extension stripped carries the extension onto each address; a catch-all match does not.
     """
 
-    def __init__(self, tables: Sequence[Query], delimiters: str, propagate: bool) -> None:
+    def __init__(self, tables: Sequence[Source], delimiters: str, *, propagate: bool) -> None:
         self._tables = tuple(tables)
         self._delimiters = delimiters
         self._propagate = propagate

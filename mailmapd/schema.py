@@ -8,11 +8,7 @@ SQLite compares the key columns with NOCASE, as MySQL's default collations do.
 from __future__ import annotations
 
 MYSQL_TABLES: tuple[str, ...] = (
-    (
-        "CREATE TABLE IF NOT EXISTS domains ("
-        " domain varchar(50) NOT NULL, PRIMARY KEY (domain)"
-        ") DEFAULT CHARSET=utf8mb4"
-    ),
+    ("CREATE TABLE IF NOT EXISTS domains ( domain varchar(50) NOT NULL, PRIMARY KEY (domain)) DEFAULT CHARSET=utf8mb4"),
     (
         "CREATE TABLE IF NOT EXISTS forwardings ("
         " source varchar(80) NOT NULL, destination TEXT NOT NULL, PRIMARY KEY (source)"

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from mailmapd.config import InetAddress, ListenConfig, ServerConfig, UnixAddress, parse_address
 from mailmapd.proto import (
@@ -37,10 +37,13 @@ from mailmapd.proto import (
 )
 from mailmapd.proto.netstring import NetstringDecoder
 
-if TYPE_CHECKING:
-    from mailmapd.lookup import Resolver
-
 log = logging.getLogger(__name__)
+
+
+class Resolver(Protocol):
+    """What answers lookups (mailmapd.lookup.Resolver; a fake in tests)."""
+
+    async def resolve(self, table: str, key: str) -> Result: ...
 
 
 class Decoder(Protocol):
@@ -236,9 +239,7 @@ class _Connection(asyncio.Protocol):
             self._transport.write(data)
 
     def _malformed(self, exc: ProtocolError) -> None:
-        log.warning(
-            "%s: malformed request from %s, closing: %s", self._handler.name, self._peer, exc
-        )
+        log.warning("%s: malformed request from %s, closing: %s", self._handler.name, self._peer, exc)
         if self._transport is not None:
             self._transport.abort()
 
@@ -292,9 +293,9 @@ class Server:
         self._refused = 0
 
     @property
-    def sockets(self) -> list[tuple[str, object]]:
+    def sockets(self) -> list[tuple[str, Any]]:
         """(protocol, sockname) for every listening socket, e.g. to read back port 0."""
-        out: list[tuple[str, object]] = []
+        out: list[tuple[str, Any]] = []
         for srv in self._servers:
             name = getattr(srv, "mailmapd_protocol", "?")
             out.extend((name, sock.getsockname()) for sock in srv.sockets)
@@ -328,9 +329,7 @@ class Server:
 
         address = parse_address(lc.address, "listen.address")
         if isinstance(address, InetAddress):
-            srv = await self.loop.create_server(
-                factory, address.host, address.port, reuse_address=True
-            )
+            srv = await self.loop.create_server(factory, address.host, address.port, reuse_address=True)
         else:
             srv = await self._listen_unix(factory, address, lc)
         srv.mailmapd_protocol = handler.name  # type: ignore[attr-defined]

@@ -77,13 +77,8 @@ class MySQLBackend:
         }
         hosts: list[_Host] = []
         if url.unix_socket:
-            hosts.append(
-                _Host(f"unix:{url.unix_socket}", {**common, "unix_socket": url.unix_socket})
-            )
-        hosts.extend(
-            _Host(f"{h.host}:{h.port}", {**common, "host": h.host, "port": h.port})
-            for h in url.hosts
-        )
+            hosts.append(_Host(f"unix:{url.unix_socket}", {**common, "unix_socket": url.unix_socket}))
+        hosts.extend(_Host(f"{h.host}:{h.port}", {**common, "host": h.host, "port": h.port}) for h in url.hosts)
         self._hosts = hosts
         self._pool_size = cfg.pool_size
         self._recycle = cfg.pool_recycle

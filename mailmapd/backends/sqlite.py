@@ -60,9 +60,7 @@ class SQLiteBackend:
                 Path(self._path).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
                 conn = await aiosqlite.connect(self._path, timeout=self._timeout)
                 try:
-                    await conn.create_function(
-                        "SUBSTRING_INDEX", 3, substring_index, deterministic=True
-                    )
+                    await conn.create_function("SUBSTRING_INDEX", 3, substring_index, deterministic=True)
                     await conn.create_function("CONCAT", -1, concat, deterministic=True)
                     for ddl in SQLITE_TABLES:
                         await conn.execute(ddl)

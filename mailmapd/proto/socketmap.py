@@ -1,0 +1,95 @@
+"""The Sendmail-style socketmap protocol, as Postfix's socketmap_table(5) client speaks it.
+
+A request is one netstring ``<name> SP <key>``; the reply is one netstring ``OK <value>``,
+``NOTFOUND `` (with its space), ``TEMP <reason>`` or ``PERM <reason>``
+(src/util/dict_sockmap.c, dict_sockmap_lookup).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mailmapd.proto import Found, NotFound, PermFail, ProtocolError, Result, TempFail
+from mailmapd.proto.netstring import encode
+
+# Request payload limit for the NetstringDecoder. Postfix >= 3.12 sends at most
+# socketmap_max_query_size = 10000 bytes of key, "excluding socketmap and netstring framing"
+# (proto/postconf.proto); the map name and the separating space come on top, and 100 bytes
+# leave room for any sensible map name. Older Postfix has no query limit: a longer key makes
+# the server close the connection, which Postfix reports as a temporary lookup error.
+MAX_REQUEST_DEFAULT = 10_100
+
+# Reply payload limit, excluding netstring framing: socketmap_max_reply_size, default 100000,
+# configurable in Postfix >= 3.10 and hard-coded to 100000 before (src/util/dict_sockmap.c,
+# proto/socketmap_table). Postfix fails a longer reply with "input exceeds size limit".
+MAX_REPLY = 100_000
+
+_NOTFOUND_REPLY = encode(b"NOTFOUND ")
+# Bytes that may appear in a map name: printable ASCII without space.
+_TABLE_NAME = re.compile(rb"[\x21-\x7e]+")
+# C0 controls, DEL and C1 controls: replaced by spaces in reasons, which end up in Postfix logs.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """One socketmap request: the map name and the raw key (decode it with decode_key)."""
+
+    table: str
+    key: bytes
+
+
+def parse_request(payload: bytes) -> Lookup:
+    """Parse a request payload (one netstring's content) into a Lookup.
+
+    The name ends at the first space; the key is everything after it and may be empty or hold
+    further spaces (Postfix sends the key raw: ``vstring_sprintf(buf, "%s %s", name, key)``).
+    """
+    table, space, key = payload.partition(b" ")
+    if not space:
+        raise ProtocolError("socketmap request has no space between map name and key")
+    if _TABLE_NAME.fullmatch(table) is None:
+        raise ProtocolError(f"socketmap map name is empty or not printable ASCII: {table[:100]!r}")
+    return Lookup(table.decode("ascii"), key)
+
+
+def _reply(status: bytes, reason: str) -> bytes:
+    text = _CONTROL.sub(" ", reason).encode("utf-8", "replace")
+    room = MAX_REPLY - len(status) - 1
+    if len(text) > room:
+        # A reason may be shortened (never a value); drop a UTF-8 sequence cut in half.
+        text = text[:room].decode("utf-8", "ignore").encode("utf-8")
+    return encode(status + b" " + text)
+
+
+def encode_reply(result: Result) -> bytes:
+    """The complete netstring that answers a lookup with ``result``.
+
+    A value is never truncated: a Found that does not fit MAX_REPLY, or that Postfix would cut
+    short (a NUL ends a C string), becomes TEMP. An empty Found becomes NOTFOUND, since Postfix
+    treats an ``OK `` reply with empty data as a configuration error.
+    """
+    match result:
+        case Found(value):
+            if not value:
+                return _NOTFOUND_REPLY
+            if "\x00" in value:
+                return _reply(b"TEMP", "value contains a NUL byte, which Postfix would truncate")
+            try:
+                data = value.encode("utf-8")
+            except UnicodeEncodeError:
+                return _reply(b"TEMP", "value is not encodable as UTF-8")
+            payload = b"OK " + data
+            if len(payload) > MAX_REPLY:
+                return _reply(
+                    b"TEMP",
+                    f"value too long for Postfix: {len(payload)} bytes, socketmap limit {MAX_REPLY}",
+                )
+            return encode(payload)
+        case NotFound():
+            return _NOTFOUND_REPLY
+        case TempFail(reason):
+            return _reply(b"TEMP", reason)
+        case PermFail(reason):
+            return _reply(b"PERM", reason)

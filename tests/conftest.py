@@ -1,0 +1,87 @@
+"""Shared fixtures: the tutorial database on MariaDB and SQLite, the Postfix oracle, and an
+in-process mailmapd bound to port 0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from mailmapd.backends import open_backend
+from mailmapd.config import Config, parse_config
+from mailmapd.daemon import start_server
+from mailmapd.schema import MYSQL_TABLES
+from mailmapd.server import Server
+from tests import tutorial_data
+from tests.oracle import PostfixOracle, write_seed_cf
+from tests.support.mariadb import DatabaseAccount, MariaDB
+
+pytest_plugins = ["tests.support.fixtures"]
+
+
+def load_tutorial_mysql(account: DatabaseAccount) -> None:
+    conn = pymysql.connect(
+        host=account.host,
+        port=account.port,
+        user=account.user,
+        password=account.password,
+        database=account.database,
+        charset="utf8mb4",
+        autocommit=True,
+    )
+    try:
+        with conn.cursor() as cur:
+            for table in ("domains", "forwardings", "users", "transport"):
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+            for ddl in MYSQL_TABLES:
+                cur.execute(ddl)
+            for sql, params in tutorial_data.insert_statements("%s"):
+                cur.execute(sql, params)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def tutorial_account(mariadb: MariaDB) -> DatabaseAccount:
+    """The tutorial's database ("mail", user mail_admin) holding tests/tutorial_data.py."""
+    account = mariadb.create_database("mail", "mail_admin", "mail_admin_password")
+    load_tutorial_mysql(account)
+    return account
+
+
+@pytest.fixture(scope="session")
+def oracle(tutorial_account: DatabaseAccount, tmp_path_factory: pytest.TempPathFactory) -> PostfixOracle:
+    return PostfixOracle(write_seed_cf(tmp_path_factory.mktemp("seedcf"), tutorial_account))
+
+
+def mysql_url(account: DatabaseAccount) -> str:
+    return f"mysql://{account.user}:{account.password}@{account.host}:{account.port}/{account.database}"
+
+
+def make_config(url: str, listen: list[dict[str, Any]] | None = None, **extra: Any) -> Config:
+    data: dict[str, Any] = {"database": {"url": url}, "listen": listen or []}
+    data.update(extra)
+    return parse_config(data, "<test>")
+
+
+@asynccontextmanager
+async def running_mailmapd(cfg: Config) -> AsyncIterator[Server]:
+    """mailmapd in this event loop; read ports back from ``server.sockets``."""
+    backend = open_backend(cfg.database)
+    try:
+        server = await start_server(cfg, backend)
+        try:
+            yield server
+        finally:
+            await server.stop()
+    finally:
+        await backend.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite://{tmp_path / 'mail.db'}"

@@ -1,0 +1,280 @@
+"""The server on real sockets (127.0.0.1:0 and unix sockets), with a fake resolver."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mailmapd.config import ListenConfig, ServerConfig
+from mailmapd.proto import NOT_FOUND, Found, Result, TempFail
+from mailmapd.proto.netstring import encode
+from mailmapd.server import Server, SocketmapHandler, TcpTableHandler
+from tests import golden
+
+
+@dataclass
+class FakeResolver:
+    """Answers from golden.ANSWERS; records what it was asked; can be made to block."""
+
+    asked: list[tuple[str, str]] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+
+    async def resolve(self, table: str, key: str) -> Result:
+        self.asked.append((table, key))
+        if self.gate is not None:
+            await self.gate.wait()
+        return golden.ANSWERS.get(key.encode(), NOT_FOUND)
+
+
+@dataclass
+class Running:
+    server: Server
+    resolver: FakeResolver
+    socketmap: tuple[str, int]
+    tcp_table: tuple[str, int]
+    unix_path: str
+
+
+async def start(tmp_path: Path, **server_cfg: float) -> Running:
+    resolver = FakeResolver()
+    server = Server(ServerConfig(**server_cfg), resolver)  # type: ignore[arg-type]
+    unix_path = str(tmp_path / "mailmapd.sock")
+    await server.listen(ListenConfig("socketmap", "inet:127.0.0.1:0"), SocketmapHandler())
+    await server.listen(ListenConfig("tcp_table", "inet:127.0.0.1:0", map="mailboxes"), TcpTableHandler("mailboxes"))
+    await server.listen(ListenConfig("socketmap", f"unix:{unix_path}"), SocketmapHandler())
+    names = [name for _, name in server.sockets]
+    return Running(server, resolver, names[0], names[1], unix_path)
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    r = await start(tmp_path)
+    yield r
+    await r.server.stop()
+
+
+async def exchange(
+    addr: tuple[str, int] | str, request: bytes, chunk: int, reply_len: int, timeout: float = 5.0
+) -> bytes:
+    if isinstance(addr, str):
+        reader, writer = await asyncio.open_unix_connection(addr)
+    else:
+        reader, writer = await asyncio.open_connection(*addr)
+    try:
+        for i in range(0, len(request), chunk):
+            writer.write(request[i : i + chunk])
+            await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(reply_len), timeout)
+    finally:
+        writer.close()
+
+
+GOLDEN_SOCKETMAP = golden.load("socketmap")
+GOLDEN_TCP = golden.load("tcptable")
+
+
+@pytest.mark.parametrize("chunk", golden.CHUNK_SIZES)
+async def test_socketmap_golden_on_one_connection(running: Running, chunk: int) -> None:
+    """Every golden exchange, pipelined on one connection, answered in order."""
+    requests = b"".join(req for req, _ in GOLDEN_SOCKETMAP)
+    replies = b"".join(rep for _, rep in GOLDEN_SOCKETMAP)
+    assert await exchange(running.socketmap, requests, chunk, len(replies)) == replies
+
+
+@pytest.mark.parametrize("chunk", golden.CHUNK_SIZES)
+async def test_tcp_table_golden_on_one_connection(running: Running, chunk: int) -> None:
+    requests = b"".join(req for req, _ in GOLDEN_TCP)
+    replies = b"".join(rep for _, rep in GOLDEN_TCP)
+    assert await exchange(running.tcp_table, requests, chunk, len(replies)) == replies
+
+
+async def test_unix_socket_serves_and_is_not_world_accessible(running: Running) -> None:
+    req, rep = GOLDEN_SOCKETMAP[0]
+    assert await exchange(running.unix_path, req, 4096, len(rep)) == rep
+    assert stat.S_IMODE(Path(running.unix_path).stat().st_mode) == 0o660
+
+
+async def test_unix_socket_mode_is_configurable(tmp_path: Path) -> None:
+    server = Server(ServerConfig(), FakeResolver())
+    path = str(tmp_path / "s")
+    await server.listen(ListenConfig("socketmap", f"unix:{path}", mode=0o666), SocketmapHandler())
+    try:
+        assert stat.S_IMODE(Path(path).stat().st_mode) == 0o666
+    finally:
+        await server.stop()
+    assert not Path(path).exists()
+
+
+async def test_stale_socket_is_replaced_but_a_regular_file_is_not(tmp_path: Path) -> None:
+    first = await start(tmp_path)
+    # Simulate a crash: the socket file stays behind.
+    for srv in first.server._servers:
+        srv.close()
+    first.server._unix_paths.clear()
+    await first.server.stop()
+    assert Path(first.unix_path).exists()
+    second = await start(tmp_path)
+    await second.server.stop()
+
+    regular = tmp_path / "regular"
+    regular.write_text("not a socket")
+    server = Server(ServerConfig(), FakeResolver())
+    with pytest.raises(OSError, match="in use"):
+        await server.listen(ListenConfig("socketmap", f"unix:{regular}"), SocketmapHandler())
+    await server.stop()
+    assert regular.read_text() == "not a socket"
+
+
+async def test_tcp_table_key_is_percent_decoded(running: Running) -> None:
+    await exchange(running.tcp_table, b"get a%20b%25c\n", 4096, 1, timeout=5)
+    assert running.resolver.asked == [("mailboxes", "a b%c")]
+
+
+async def test_invalid_utf8_key_is_not_found_without_asking(running: Running) -> None:
+    reply = socket_reply(NOT_FOUND)
+    assert await exchange(running.socketmap, encode(b"mailboxes \xff\xfe"), 4096, len(reply)) == reply
+    nul = encode(b"mailboxes a\x00b")
+    assert await exchange(running.socketmap, nul, 4096, len(reply)) == reply
+    assert running.resolver.asked == []
+
+
+def socket_reply(result: Result) -> bytes:
+    return SocketmapHandler().encode(result)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(b"x:abc,", id="bad-length"),
+        pytest.param(b"3:abc;", id="no-comma"),
+        pytest.param(b"999999:", id="over-limit"),
+        pytest.param(b"5:nomap,", id="no-space"),
+    ],
+)
+async def test_malformed_socketmap_closes_only_that_connection(
+    running: Running, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = await asyncio.open_connection(*running.socketmap)
+    other_r, other_w = await asyncio.open_connection(*running.socketmap)
+    with caplog.at_level(logging.WARNING, logger="mailmapd.server"):
+        writer.write(garbage)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, no made-up answer
+    writer.close()
+    assert "malformed request" in caplog.text
+    req, rep = GOLDEN_SOCKETMAP[0]
+    other_w.write(req)
+    assert await asyncio.wait_for(other_r.readexactly(len(rep)), 5) == rep
+    other_w.close()
+
+
+async def test_malformed_tcp_table_closes(running: Running) -> None:
+    reader, writer = await asyncio.open_connection(*running.tcp_table)
+    writer.write(b"put key value\n")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_requests_behind_a_slow_one_keep_their_order(running: Running) -> None:
+    running.resolver.gate = asyncio.Event()
+    reader, writer = await asyncio.open_connection(*running.socketmap)
+    writer.write(encode(b"m alice@example.test") + encode(b"m \xff") + encode(b"m list@example.test"))
+    await asyncio.sleep(0)  # let the server read; nothing can be answered yet
+    running.resolver.gate.set()
+    expected = (
+        socket_reply(Found("example.test/alice/"))
+        + socket_reply(NOT_FOUND)
+        + socket_reply(Found("alice@example.test,bob@other.test"))
+    )
+    assert await asyncio.wait_for(reader.readexactly(len(expected)), 5) == expected
+    writer.close()
+
+
+async def test_internal_error_answers_temp_and_keeps_serving(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(table: str, key: str) -> Result:
+        raise RuntimeError("bug")
+
+    running.server.resolver = type("Broken", (), {"resolve": staticmethod(broken)})()
+    reader, writer = await asyncio.open_connection(*running.socketmap)
+    expected = socket_reply(TempFail("internal error in mailmapd, see its log"))
+    with caplog.at_level(logging.ERROR, logger="mailmapd.server"):
+        writer.write(encode(b"m k") + encode(b"m k"))
+        # Both answered: the connection survives the error.
+        assert await asyncio.wait_for(reader.readexactly(2 * len(expected)), 5) == 2 * expected
+    assert "internal error" in caplog.text
+    writer.close()
+
+
+async def test_connection_limit_refuses_the_excess(tmp_path: Path) -> None:
+    r = await start(tmp_path, max_connections=2)
+    try:
+        clients = [await asyncio.open_connection(*r.socketmap) for _ in range(2)]
+        req, rep = GOLDEN_SOCKETMAP[0]
+        for reader, writer in clients:  # both admitted and served
+            writer.write(req)
+            assert await asyncio.wait_for(reader.readexactly(len(rep)), 5) == rep
+        reader, writer = await asyncio.open_connection(*r.socketmap)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        for _, w in clients:
+            w.close()
+    finally:
+        await r.server.stop()
+
+
+async def test_idle_connection_is_closed(tmp_path: Path) -> None:
+    r = await start(tmp_path, idle_timeout=0.2)
+    try:
+        reader, writer = await asyncio.open_connection(*r.socketmap)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        await r.server.stop()
+
+
+async def test_stop_answers_requests_in_flight(tmp_path: Path) -> None:
+    r = await start(tmp_path)
+    r.resolver.gate = asyncio.Event()
+    reader, writer = await asyncio.open_connection(*r.socketmap)
+    writer.write(encode(b"m alice@example.test"))
+    while not r.resolver.asked:  # wait until the request is in flight
+        await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(r.server.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # waiting for the request in flight
+    r.resolver.gate.set()
+    await asyncio.wait_for(stopping, 5)
+    expected = socket_reply(Found("example.test/alice/"))
+    assert await reader.read() == expected  # answered, then closed
+    writer.close()
+    # No new connections once stopped.
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(*r.socketmap)
+
+
+async def test_stop_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
+    r = await start(tmp_path, shutdown_timeout=0.1)
+    r.resolver.gate = asyncio.Event()  # never set: the request hangs
+    reader, writer = await asyncio.open_connection(*r.socketmap)
+    writer.write(encode(b"m alice@example.test"))
+    while not r.resolver.asked:  # wait until the request is in flight
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(r.server.stop(), 5)
+    assert await reader.read() == b""
+    writer.close()
+
+
+async def test_temp_result_maps_to_each_protocol(running: Running) -> None:
+    tmp = TempFail("database unavailable")
+    assert await exchange(
+        running.socketmap, encode(b"m tempfail@example.test"), 4096, len(socket_reply(tmp))
+    ) == socket_reply(tmp)
+    line = await exchange(running.tcp_table, b"get tempfail@example.test\n", 4096, 4)
+    assert line == b"400 "
