@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from mailmapd import __version__
 from mailmapd.backends import open_backend
@@ -23,8 +24,16 @@ EXIT_NOT_FOUND = 1
 EXIT_TEMPFAIL = os.EX_TEMPFAIL  # 75
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits with EX_USAGE (64) rather than 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mailmapd",
         description="Answer Postfix's virtual domain, alias, mailbox, transport and quota lookups from SQL.",
     )

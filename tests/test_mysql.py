@@ -1,0 +1,138 @@
+"""The MySQL backend against a real MariaDB: failover, outages, stalls and bad queries.
+
+Every failure must answer TEMP (never "not found"), and service must come back by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from mailmapd.backends import BackendError
+from mailmapd.backends.mysql import MySQLBackend
+from mailmapd.daemon import make_resolver
+from mailmapd.proto import Found, NotFound, TempFail
+from tests.conftest import load_tutorial_mysql, make_config, mysql_url
+from tests.support.mariadb import DatabaseAccount, MariaDB
+from tests.support.ports import free_port
+
+MAILBOX = ("mailboxes", "sales@example.test")
+EXPECTED = Found("example.test/sales/")
+
+
+@pytest.fixture
+def own_db(private_mariadb: MariaDB) -> DatabaseAccount:
+    account = private_mariadb.create_database("mail", "mail_admin", "pw")
+    load_tutorial_mysql(account)
+    return account
+
+
+async def test_lookups_on_mariadb(tutorial_account: DatabaseAccount) -> None:
+    cfg = make_config(mysql_url(tutorial_account))
+    backend = MySQLBackend(cfg.database)
+    try:
+        resolver = make_resolver(cfg, backend)
+        assert await resolver.resolve(*MAILBOX) == EXPECTED
+        assert await resolver.resolve("mailboxes", "nobody@unknown.test") == NotFound()
+    finally:
+        await backend.close()
+
+
+async def test_database_stopped_answers_temp_then_recovers(private_mariadb: MariaDB, own_db: DatabaseAccount) -> None:
+    cfg = make_config(
+        mysql_url(own_db), lookup={"timeout": 5.0}, database={"url": mysql_url(own_db), "retry_interval": 60.0}
+    )
+    backend = MySQLBackend(cfg.database)
+    resolver = make_resolver(cfg, backend)
+    try:
+        assert await resolver.resolve(*MAILBOX) == EXPECTED  # a pooled connection now exists
+        private_mariadb.stop()
+        down = await resolver.resolve(*MAILBOX)
+        assert isinstance(down, TempFail)
+        assert "database unavailable" in down.reason
+        # Unknown keys too: an outage is never "not found".
+        assert isinstance(await resolver.resolve("mailboxes", "nobody@example.test"), TempFail)
+        private_mariadb.start()
+        # Even with a 60 s retry_interval, the only host is tried again at once.
+        assert await resolver.resolve(*MAILBOX) == EXPECTED
+    finally:
+        await backend.close()
+
+
+async def test_stalled_database_answers_temp_at_the_deadline(private_mariadb: MariaDB, own_db: DatabaseAccount) -> None:
+    cfg = make_config(mysql_url(own_db), lookup={"timeout": 0.5})
+    backend = MySQLBackend(cfg.database)
+    resolver = make_resolver(cfg, backend)
+    try:
+        assert await resolver.resolve(*MAILBOX) == EXPECTED
+        private_mariadb.pause()
+        try:
+            result = await resolver.resolve(*MAILBOX)
+        finally:
+            private_mariadb.resume()
+        assert result == TempFail("database did not answer within 0.5s")
+        # The cancelled query left no broken connection behind.
+        assert await resolver.resolve(*MAILBOX) == EXPECTED
+    finally:
+        await backend.close()
+
+
+async def test_failover_to_the_next_host(own_db: DatabaseAccount, caplog: pytest.LogCaptureFixture) -> None:
+    dead = free_port()  # nothing listens there
+    url = f"mysql://{own_db.user}:{own_db.password}@127.0.0.1:{dead},{own_db.host}:{own_db.port}/{own_db.database}"
+    cfg = make_config(url)
+    backend = MySQLBackend(cfg.database)
+    resolver = make_resolver(cfg, backend)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mailmapd.backends.mysql"):
+            assert await resolver.resolve(*MAILBOX) == EXPECTED
+            assert await resolver.resolve(*MAILBOX) == EXPECTED
+        warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        # The dead host is reported once, then skipped for retry_interval.
+        assert len(warnings) == 1
+        assert f"127.0.0.1:{dead}" in warnings[0].getMessage()
+        assert own_db.password not in caplog.text
+    finally:
+        await backend.close()
+
+
+async def test_no_host_answers(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"mysql://u:topsecret@127.0.0.1:{free_port()},127.0.0.1:{free_port()}/mail"
+    backend = MySQLBackend(make_config(url).database)
+    try:
+        with caplog.at_level(logging.DEBUG), pytest.raises(BackendError) as info:
+            await backend.fetch("SELECT 1", ())
+        assert info.value.reason == "connect"
+        assert "topsecret" not in caplog.text
+        assert "topsecret" not in str(info.value)
+    finally:
+        await backend.close()
+
+
+async def test_a_broken_custom_query_is_temp_not_notfound(tutorial_account: DatabaseAccount) -> None:
+    cfg = make_config(
+        mysql_url(tutorial_account), maps={"mailboxes": {"query": "SELECT maildir FROM mailbox WHERE username='%s'"}}
+    )
+    backend = MySQLBackend(cfg.database)
+    try:
+        result = await make_resolver(cfg, backend).resolve(*MAILBOX)
+        assert result == TempFail("database unavailable (query)")
+    finally:
+        await backend.close()
+
+
+async def test_recycled_connection_is_replaced(own_db: DatabaseAccount, private_mariadb: MariaDB) -> None:
+    """A connection the server closed while idle (wait_timeout, a restart) costs no TEMP."""
+    cfg = make_config(mysql_url(own_db))
+    backend = MySQLBackend(cfg.database)
+    resolver = make_resolver(cfg, backend)
+    try:
+        assert await resolver.resolve(*MAILBOX) == EXPECTED
+        for line in private_mariadb.execute(
+            "SELECT id FROM information_schema.processlist WHERE user = 'mail_admin'"
+        ).split():
+            private_mariadb.execute(f"KILL {int(line)}")
+        assert await resolver.resolve(*MAILBOX) == EXPECTED
+    finally:
+        await backend.close()
