@@ -17,12 +17,13 @@ import smtplib
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from email import message_from_bytes
 from pathlib import Path
 
 import pytest
 
+from mailmapd.config import SEED_QUERIES
 from tests.conftest import load_tutorial_mysql
 from tests.support.fixtures import PostfixFactory
 from tests.support.mariadb import DatabaseAccount, MariaDB
@@ -92,14 +93,14 @@ def direct_mailbox_map(directory: Path, account: DatabaseAccount) -> str:
     """
     directory.chmod(0o755)
     cf = directory / "mailmapd-virtual-mailboxes.cf"
-    cf.write_text(
-        f"""user = {account.user}
-password = {account.password}
-dbname = {account.database}
-hosts = inet:{account.host}:{account.port}
-query = SELECT CONCAT(SUBSTRING_INDEX(email,'@',-1),'/',SUBSTRING_INDEX(email,'@',1),'/') FROM users WHERE email='%s'
-"""
-    )
+    settings = {
+        "user": account.user,
+        "password": account.password,
+        "dbname": account.database,
+        "hosts": f"inet:{account.host}:{account.port}",
+        "query": SEED_QUERIES["mailboxes"],
+    }
+    cf.write_text("".join(f"{key} = {value}\n" for key, value in settings.items()))
     cf.chmod(0o640)
     os.chown(cf, 0, grp.getgrnam("postfix").gr_gid)
     return f"mysql:{cf}"
@@ -114,7 +115,7 @@ def mail_system(
 
 def _mail_system(
     account: DatabaseAccount, postfix_factory: PostfixFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PostfixInstance]:
+) -> Generator[PostfixInstance]:
     tmp = tmp_path_factory.mktemp("e2e")
     maps_dir = Path(tempfile.mkdtemp(prefix="mmcf", dir="/tmp"))  # outside pytest's 0700 tree
     socket_path = maps_dir / "mailmapd.sock"  # short: sun_path holds 108 bytes
