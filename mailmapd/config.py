@@ -7,6 +7,7 @@ impossible value raises ConfigError naming the file and the key's dotted path.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -14,14 +15,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from mailmapd.sqltemplate import QueryTemplate, TemplateError
 
 DEFAULT_CONFIG_PATH = "/etc/mailmapd/mailmapd.toml"
 DEFAULT_DATABASE_URL = "sqlite:///var/lib/mailmapd/mail.db"
 
-Protocol = Literal["socketmap", "tcp_table", "policy"]
+Protocol = Literal["socketmap", "tcp_table"]
 PROTOCOLS: tuple[str, ...] = typing.get_args(Protocol)
 
 # The maps mailmapd serves; see docs/maps.md. The Postfix-facing maps perform their
@@ -80,7 +81,8 @@ class DatabaseURL:
         """The URL with the password replaced, for logs and error messages."""
         if self.scheme == "sqlite":
             return f"sqlite://{self.path}"
-        where = ",".join(f"{h.host}:{h.port}" for h in self.hosts) or f"unix:{self.unix_socket}"
+        where = ",".join(f"[{h.host}]:{h.port}" if ":" in h.host else f"{h.host}:{h.port}" for h in self.hosts)
+        where = where or f"unix:{self.unix_socket}"
         auth = f"{self.user}:***@" if self.password else (f"{self.user}@" if self.user else "")
         return f"mysql://{auth}{where}/{self.database}"
 
@@ -201,6 +203,8 @@ def _parse(data: dict[str, Any], name: str) -> Config:
     database = dataclasses.replace(database, url=parse_database_url(url_text, "database.url"))
     _positive(database.connect_timeout, "database.connect_timeout")
     _positive(database.pool_size, "database.pool_size")
+    _not_negative(database.retry_interval, "database.retry_interval")
+    _positive(database.pool_recycle, "database.pool_recycle")
 
     lookup = _build(LookupConfig, _table(data.get("lookup", {}), "lookup"), "lookup.")
     _positive(lookup.timeout, "lookup.timeout")
@@ -208,13 +212,17 @@ def _parse(data: dict[str, Any], name: str) -> Config:
     _positive(server.max_connections, "server.max_connections")
     _positive(server.idle_timeout, "server.idle_timeout")
     _positive(server.max_pipelined, "server.max_pipelined")
+    _not_negative(server.shutdown_timeout, "server.shutdown_timeout")
 
     maps: dict[str, MapConfig] = {}
     for map_name, section in _table(data.get("maps", {}), "maps").items():
         where = f"maps.{map_name}"
         if map_name not in MAP_NAMES:
             raise ConfigError(f"{where}: unknown map (known: {', '.join(MAP_NAMES)})")
-        mc = _build(MapConfig, _table(section, where), where + ".")
+        table = _table(section, where)
+        if "propagate_extension" in table and map_name != "aliases":
+            raise ConfigError(f"{where}.propagate_extension: applies to maps.aliases only")
+        mc = _build(MapConfig, table, where + ".")
         if mc.query is not None:
             if map_name == "aliases":
                 raise ConfigError(
@@ -264,12 +272,14 @@ def _parse_listen(item: object, index: int) -> ListenConfig:
     elif lc.map is not None:
         raise ConfigError(f"{where}.map: only tcp_table listeners take a map")
     if mode is not None:
-        if isinstance(mode, str):
-            try:
-                mode = int(mode, 8)
-            except ValueError:
-                raise ConfigError(f'{where}.mode: expected an octal string like "0660"') from None
-        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= _MAX_MODE:
+        # An octal string ("0660"), or a TOML octal integer (0o660).
+        try:
+            mode = int(mode, 8) if isinstance(mode, str) else mode
+        except ValueError:
+            mode = -1
+        if not isinstance(mode, int) or isinstance(mode, bool):
+            mode = -1
+        if not 0 <= mode <= _MAX_MODE:
             raise ConfigError(f'{where}.mode: expected an octal string like "0660"')
     if (mode is not None or lc.owner or lc.group) and not lc.address.startswith("unix:"):
         raise ConfigError(f"{where}: mode, owner and group apply to unix: addresses only")
@@ -306,6 +316,7 @@ def parse_address(text: str, where: str) -> InetAddress | UnixAddress:
 
 
 def parse_database_url(text: str, where: str) -> DatabaseURL:
+    """Parse ``database.url``; errors name ``where`` and never show the password."""
     if text.startswith("sqlite://"):
         path = text[len("sqlite://") :]
         if not path.startswith("/"):
@@ -313,35 +324,30 @@ def parse_database_url(text: str, where: str) -> DatabaseURL:
         return DatabaseURL("sqlite", path=path)
     if not text.startswith("mysql://"):
         raise ConfigError(f"{where}: expected mysql://... or sqlite:///..., got a {text.split(':', 1)[0]!r} URL")
-    parts = urlsplit(text)
-    netloc = parts.netloc
-    userinfo, _, hostlist = netloc.rpartition("@")
+    rest = text[len("mysql://") :]
+    # The credentials end at the LAST "@": a password may hold "/", "?", ":" or "@" unescaped.
+    userinfo, at, location = rest.rpartition("@")
     user, _, password = userinfo.partition(":")
-    database = unquote(parts.path.lstrip("/"))
-    if not database:
+    if not at:
+        location = rest
+    location, _, query_text = location.partition("?")
+    hostlist, slash, db_path = location.partition("/")
+    database = unquote(db_path)
+    if not slash or not database or "/" in database:
         raise ConfigError(f"{where}: the URL names no database (mysql://user:pw@host/DBNAME)")
-    hosts: list[HostPort] = []
-    unix_socket = None
-    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
-    if "unix_socket" in query:
-        unix_socket = unquote(query.pop("unix_socket"))
-    if query:
-        raise ConfigError(f"{where}: unknown URL parameter {next(iter(query))!r} (known: unix_socket)")
-    for item in filter(None, hostlist.split(",")):
-        host, port = item, 3306
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            if rest.startswith(":"):
-                port = _port(rest[1:], where)
-        elif item.count(":") == 1:
-            host, port_text = item.split(":")
-            port = _port(port_text, where)
-        hosts.append(HostPort(host, port))
+    params: dict[str, str] = {}
+    for item in filter(None, query_text.split("&")):
+        name, eq, value = item.partition("=")
+        if not eq or name != "unix_socket":
+            raise ConfigError(f"{where}: unknown URL parameter {name!r} (known: unix_socket)")
+        params[name] = unquote(value)
+    unix_socket = params.get("unix_socket")
+    hosts = tuple(_host(item, where) for item in hostlist.split(",") if item)
     if not hosts and unix_socket is None:
         raise ConfigError(f"{where}: the URL names no host")
     return DatabaseURL(
         "mysql",
-        hosts=tuple(hosts),
+        hosts=hosts,
         unix_socket=unix_socket,
         user=unquote(user),
         password=unquote(password),
@@ -349,8 +355,23 @@ def parse_database_url(text: str, where: str) -> DatabaseURL:
     )
 
 
+def _host(item: str, where: str) -> HostPort:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or ":" not in host:
+            raise ConfigError(f"{where}: brackets hold an IPv6 address: [::1]:3306")
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"{where}: expected [IPv6]:PORT")
+        return HostPort(host, _port(rest[1:], where) if rest else 3306)
+    host, colon, port = item.partition(":")
+    if not host or ":" in port or "/" in host:
+        raise ConfigError(f"{where}: cannot read host {item[:64]!r}: write host:port, or [IPv6]:port")
+    return HostPort(host, _port(port, where) if colon else 3306)
+
+
 def _port(text: str, where: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= _MAX_PORT:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= _MAX_PORT:
         raise ConfigError(f"{where}: bad port {text!r}")
     return int(text)
 
@@ -371,7 +392,7 @@ def _check_keys(data: dict[str, Any], known: set[str], prefix: str) -> None:
 
 
 def _build(cls: type[_T], data: dict[str, Any], prefix: str) -> _T:
-    """Instantiate a config dataclass from a table, checking names and types."""
+    """Instantiate a config dataclass from a table, checking names, types and required keys."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -379,6 +400,10 @@ def _build(cls: type[_T], data: dict[str, Any], prefix: str) -> _T:
         if key not in fields:
             raise ConfigError(f"{prefix}{key}: unknown key")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in kwargs:
+            raise ConfigError(f"{prefix}{name}: required key is missing")
     return cls(**kwargs)
 
 
@@ -414,5 +439,10 @@ def _coerce(value: object, hint: Any, where: str) -> Any:
 
 
 def _positive(value: float, where: str) -> None:
-    if value <= 0:
+    if not (value > 0 and math.isfinite(value)):  # "not >" also refuses nan
         raise ConfigError(f"{where}: must be greater than zero")
+
+
+def _not_negative(value: float, where: str) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{where}: must be zero or more")

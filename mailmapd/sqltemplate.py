@@ -83,8 +83,10 @@ class CompiledQuery:
         labels: list[str] = []
         if self.labels:
             assert domain is not None  # needs_domain is set whenever labels is
-            labels = domain.split(".")
-            if len(labels) < self.labels or not all(labels[-self.labels :]):
+            # Postfix splits the domain into its non-empty labels (argv_split skips empty
+            # tokens), so "example..test" has the labels example and test.
+            labels = [label for label in domain.split(".") if label]
+            if len(labels) < self.labels:
                 return None
         local = key[:at] if at >= 0 else key
         values: list[str] = []
@@ -177,7 +179,15 @@ def _parse_literal(text: str, start: int) -> tuple[_Literal, int]:
     i, n = start + 1, len(text)
     while i < n:
         ch = text[i]
-        if ch == "\\" and i + 1 < n and text[i + 1] != "%":
+        if ch == "\\" and i + 1 < n:
+            if text[i + 1] == "%":
+                if text[i + 2 : i + 3] != "%":
+                    # Postfix would paste the key after the backslash, escaping its first
+                    # character; a bound parameter cannot reproduce that. Refuse it plainly.
+                    raise TemplateError(f"a backslash before the expansion at offset {i + 1} cannot be kept")
+                buf.append(ch)  # "\%%": the backslash escapes the literal percent sign
+                i += 1
+                continue
             buf.append(text[i : i + 2])
             i += 2
             continue
