@@ -166,9 +166,10 @@ def _run_on_tty(argv: Sequence[str], timeout: float) -> tuple[int, str]:
                 except OSError as exc:  # EIO: every writer closed the terminal
                     if exc.errno != errno.EIO:
                         raise
-                    chunk = b""
-                chunks.append(chunk)
+                    process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    break
                 if chunk:
+                    chunks.append(chunk)
                     continue
             if exited:
                 break
