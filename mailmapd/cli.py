@@ -13,8 +13,10 @@ from typing import NoReturn
 from mailmapd import __version__
 from mailmapd.backends import open_backend
 from mailmapd.config import DEFAULT_CONFIG_PATH, MAP_NAMES, Config, ConfigError, load_config
+from mailmapd.control import send_command
 from mailmapd.daemon import make_resolver, serve
 from mailmapd.proto import Found, NotFound, PermFail, TempFail
+from mailmapd.sdactivation import SocketActivationError
 
 log = logging.getLogger("mailmapd")
 
@@ -58,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("key", metavar="KEY")
 
     sub.add_parser("check-config", help="validate the configuration file and exit")
+
+    flush = sub.add_parser(
+        "flush",
+        help="drop cached answers in the running daemon: all, one MAP's, or one KEY of one MAP",
+    )
+    flush.add_argument("map", metavar="MAP", nargs="?", choices=MAP_NAMES, help=", ".join(MAP_NAMES))
+    flush.add_argument("key", metavar="KEY", nargs="?")
     return parser
 
 
@@ -70,26 +79,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mailmapd: {exc}", file=sys.stderr)
         return os.EX_CONFIG
     setup_logging("debug" if args.debug else cfg.log_level)
-    handler = {"serve": cmd_serve, "query": cmd_query, "check-config": cmd_check_config}[args.command]
+    handler = {
+        "serve": cmd_serve,
+        "query": cmd_query,
+        "check-config": cmd_check_config,
+        "flush": cmd_flush,
+    }[args.command]
     return handler(cfg, args)
 
 
 def setup_logging(level: str) -> None:
+    """mailmapd's own loggers at ``level``; libraries stay at INFO (aiosqlite logs every
+    statement with its parameters at DEBUG, and those may be keys or passwords)."""
     logging.basicConfig(
-        level=level.upper(),
+        level=max(logging.INFO, logging.getLevelName(level.upper())),
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    logging.getLogger("mailmapd").setLevel(level.upper())
 
 
 def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(cfg))
+    except (ConfigError, SocketActivationError) as exc:
+        print(f"mailmapd: {cfg.path}: {exc}", file=sys.stderr)
+        return os.EX_CONFIG
     except OSError as exc:
-        # A listener could not bind (address in use, permission): say which, exit cleanly.
-        print(f"mailmapd: {exc}", file=sys.stderr)
+        # A listener could not bind (address in use, permission, missing directory).
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"mailmapd: cannot listen{where}: {exc.strerror or exc}", file=sys.stderr)
         return os.EX_OSERR
+    return os.EX_OK
+
+
+def cmd_flush(cfg: Config, args: argparse.Namespace) -> int:
+    path = cfg.server.control_socket
+    if not path:
+        print(f"mailmapd: {cfg.path}: server.control_socket is off", file=sys.stderr)
+        return os.EX_CONFIG
+    line = " ".join(["flush", *(x for x in (args.map, args.key) if x is not None)])
+    try:
+        reply = send_command(path, line)
+    except OSError as exc:
+        print(f"mailmapd: cannot reach the daemon at {path}: {exc.strerror or exc}", file=sys.stderr)
+        return os.EX_UNAVAILABLE
+    if not reply.startswith("OK "):
+        print(f"mailmapd: {reply}", file=sys.stderr)
+        return os.EX_SOFTWARE
+    print(f"dropped {reply[3:]} cached answers")
     return os.EX_OK
 
 

@@ -51,6 +51,7 @@ SEED_QUERIES: dict[str, str] = {
 
 
 _T = TypeVar("_T")
+_SECTIONS = frozenset({"database", "lookup", "cache", "metrics", "server", "listen", "maps"})
 _MAX_PORT = 65535
 _MAX_MODE = 0o777
 
@@ -116,6 +117,9 @@ class MapConfig:
     # mysql_table(5)-style query; None means the seed's query (aliases has none:
     # it combines forwardings and email2email).
     query: str | None = None
+    # Per-map cache TTLs in seconds; None means [cache] positive_ttl / negative_ttl.
+    positive_ttl: float | None = None
+    negative_ttl: float | None = None
     # aliases only: carry an unmatched +extension onto each result address, as
     # Postfix's propagate_unmatched_extensions (default includes "virtual") does.
     propagate_extension: bool = True
@@ -129,6 +133,28 @@ class LookupConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    # Seconds a found answer is reused without asking the database.
+    positive_ttl: float = 60.0
+    # Seconds a "not found" answer is reused (short: a new user should not wait long).
+    negative_ttl: float = 10.0
+    # Entries kept at most; the least recently used go first.
+    max_entries: int = 1_000_000
+    # Seconds past its TTL an answer may still be served while the database fails;
+    # 0 turns serving stale answers off.
+    max_stale: float = 60.0
+    # Seconds between checks of the change counters that mailmapd's triggers keep
+    # (table mailmapd_changes); a change flushes the maps built on that table. 0 = off.
+    poll_interval: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # Where Prometheus scrapes /metrics: inet:HOST:PORT; "" turns the exporter off.
+    address: str = "inet:127.0.0.1:9779"
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     # Connections beyond this are closed at once (Postfix retries).
     max_connections: int = 1000
@@ -139,6 +165,9 @@ class ServerConfig:
     max_pipelined: int = 64
     # Seconds SIGTERM waits for requests in flight before closing connections.
     shutdown_timeout: float = 10.0
+    # The unix socket `mailmapd flush` talks to; "" turns it off. Mode 0600: only the
+    # daemon's user (and root) may use it.
+    control_socket: str = "/run/mailmapd/control.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +177,21 @@ class Config:
     log_level: str = "info"
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     lookup: LookupConfig = field(default_factory=LookupConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     listen: tuple[ListenConfig, ...] = ()
     maps: dict[str, MapConfig] = field(default_factory=dict)
 
     def map_config(self, name: str) -> MapConfig:
         return self.maps.get(name, MapConfig())
+
+    def ttls(self, name: str) -> tuple[float, float]:
+        """(positive, negative) cache TTLs of one map."""
+        mc = self.map_config(name)
+        positive = self.cache.positive_ttl if mc.positive_ttl is None else mc.positive_ttl
+        negative = self.cache.negative_ttl if mc.negative_ttl is None else mc.negative_ttl
+        return positive, negative
 
     def query_for(self, name: str) -> str:
         """The query text of a map backed by one query (everything but aliases)."""
@@ -187,7 +225,7 @@ def parse_config(data: dict[str, Any], name: str = "<config>") -> Config:
 
 def _parse(data: dict[str, Any], name: str) -> Config:
     _check_keys(data, {f.name for f in dataclasses.fields(Config)} - {"path"}, "")
-    top = {k: v for k, v in data.items() if k not in {"database", "lookup", "server", "listen", "maps"}}
+    top = {k: v for k, v in data.items() if k not in _SECTIONS}
     cfg = _build(Config, top, "")
     delimiter = cfg.recipient_delimiter
     if any(c.isspace() or c == "@" for c in delimiter):
@@ -208,7 +246,18 @@ def _parse(data: dict[str, Any], name: str) -> Config:
 
     lookup = _build(LookupConfig, _table(data.get("lookup", {}), "lookup"), "lookup.")
     _positive(lookup.timeout, "lookup.timeout")
+    cache = _build(CacheConfig, _table(data.get("cache", {}), "cache"), "cache.")
+    _not_negative(cache.positive_ttl, "cache.positive_ttl")
+    _not_negative(cache.negative_ttl, "cache.negative_ttl")
+    _positive(cache.max_entries, "cache.max_entries")
+    _not_negative(cache.max_stale, "cache.max_stale")
+    _not_negative(cache.poll_interval, "cache.poll_interval")
+    metrics = _build(MetricsConfig, _table(data.get("metrics", {}), "metrics"), "metrics.")
+    if metrics.address and not isinstance(parse_address(metrics.address, "metrics.address"), InetAddress):
+        raise ConfigError("metrics.address: expected inet:HOST:PORT (Prometheus scrapes over HTTP)")
     server = _build(ServerConfig, _table(data.get("server", {}), "server"), "server.")
+    if server.control_socket and not server.control_socket.startswith("/"):
+        raise ConfigError('server.control_socket: must be an absolute path, or "" for none')
     _positive(server.max_connections, "server.max_connections")
     _positive(server.idle_timeout, "server.idle_timeout")
     _positive(server.max_pipelined, "server.max_pipelined")
@@ -223,6 +272,10 @@ def _parse(data: dict[str, Any], name: str) -> Config:
         if "propagate_extension" in table and map_name != "aliases":
             raise ConfigError(f"{where}.propagate_extension: applies to maps.aliases only")
         mc = _build(MapConfig, table, where + ".")
+        for ttl_key in ("positive_ttl", "negative_ttl"):
+            value = getattr(mc, ttl_key)
+            if value is not None:
+                _not_negative(value, f"{where}.{ttl_key}")
         if mc.query is not None:
             if map_name == "aliases":
                 raise ConfigError(
@@ -250,6 +303,8 @@ def _parse(data: dict[str, Any], name: str) -> Config:
         path=name,
         database=database,
         lookup=lookup,
+        cache=cache,
+        metrics=metrics,
         server=server,
         listen=listeners,
         maps=maps,

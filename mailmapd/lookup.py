@@ -3,6 +3,12 @@
 This is where the failure rule lives. Every lookup has one deadline for its whole search
 order; a database error, a lost connection or the deadline answers TempFail, never
 NotFound: a wrong "not found" bounces real mail, a TempFail only delays it.
+
+In front of the database sits the cache: ``cached()`` answers a fresh entry synchronously
+(the server calls it from ``data_received``, with no task and no await); a miss goes to
+``resolve()``, where concurrent lookups of the same key share one database search. When the
+database cannot answer, an answer up to ``cache.max_stale`` seconds past its TTL is served
+instead of TEMP; errors themselves are never cached.
 """
 
 from __future__ import annotations
@@ -10,46 +16,134 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from mailmapd.backends import BackendError
+from mailmapd.cache import CacheKey, LookupCache
 from mailmapd.maps import Map
-from mailmapd.proto import NOT_FOUND, Found, PermFail, Result, TempFail
+from mailmapd.metrics import Metrics
+from mailmapd.proto import NOT_FOUND, Found, NotFound, PermFail, Result, TempFail
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    positive_ttl: float
+    negative_ttl: float
+    max_stale: float
+
+
 class Resolver:
-    def __init__(self, maps: Mapping[str, Map], timeout: float) -> None:
+    def __init__(
+        self,
+        maps: Mapping[str, Map],
+        timeout: float,
+        *,
+        cache: LookupCache | None = None,
+        policies: Mapping[str, CachePolicy] | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._maps = dict(maps)
         self._timeout = timeout
+        self._cache = cache if cache is not None else LookupCache(1, clock=clock)
+        self._policies = dict(policies or {})
+        self._metrics = metrics
+        self._inflight: dict[CacheKey, asyncio.Task[Result]] = {}
+        self._stale_logged = 0.0
+        self._clock = clock
 
     @property
     def map_names(self) -> list[str]:
         return list(self._maps)
 
+    @property
+    def cache(self) -> LookupCache:
+        return self._cache
+
+    def cached(self, table: str, key: str) -> Result | None:
+        """A fresh cached answer, or None. Synchronous: the hot path."""
+        started = time.perf_counter()
+        result = self._cache.fresh((table, key))
+        if result is not None and self._metrics is not None:
+            self._metrics.cache_hits.labels(table).inc()
+            self._observe(table, "cache", started)
+        return result
+
     async def resolve(self, table: str, key: str) -> Result:
         """Answer one lookup; never raises for a database problem."""
-        the_map = self._maps.get(table)
-        if the_map is None:
+        hit = self.cached(table, key)
+        if hit is not None:
+            return hit
+        if table not in self._maps:
             return PermFail(f"unknown map {table!r}")
+        if self._metrics is not None:
+            self._metrics.cache_misses.labels(table).inc()
+        cache_key = (table, key)
+        task = self._inflight.get(cache_key)
+        if task is None:
+            # A task of its own, so that a client hanging up does not cancel the search
+            # that other connections are waiting for; the deadline bounds it.
+            task = asyncio.get_running_loop().create_task(self._search(table, key))
+            self._inflight[cache_key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(cache_key, None))
+        return await asyncio.shield(task)
+
+    async def _search(self, table: str, key: str) -> Result:
         started = time.perf_counter()
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.requests_in_flight.inc()
         try:
             async with asyncio.timeout(self._timeout):
-                value = await the_map.lookup(key)
+                value = await self._maps[table].lookup(key)
         except TimeoutError:
-            result: Result = TempFail(f"database did not answer within {self._timeout:g}s")
+            return self._failed(table, key, "timeout", f"database did not answer within {self._timeout:g}s", started)
         except BackendError as exc:
             log.debug("lookup %s failed: %s", table, exc)
-            result = TempFail(f"database unavailable ({exc.reason})")
-        else:
-            result = Found(value) if value else NOT_FOUND
+            return self._failed(table, key, exc.reason, f"database unavailable ({exc.reason})", started)
+        finally:
+            if metrics is not None:
+                metrics.requests_in_flight.dec()
+        result: Found | NotFound = Found(value) if value else NOT_FOUND
+        policy = self._policies.get(table)
+        if policy is not None:
+            ttl = policy.positive_ttl if isinstance(result, Found) else policy.negative_ttl
+            self._cache.put((table, key), result, ttl, policy.max_stale)
+        if metrics is not None:
+            metrics.backend_up.set(1)
+        self._observe(table, "backend", started)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "lookup %s %r -> %s ms=%.2f",
-                table,
-                key,
-                type(result).__name__,
-                (time.perf_counter() - started) * 1000,
-            )
+            log.debug("lookup %s %r -> %s ms=%.2f", table, key, type(result).__name__, _ms(started))
         return result
+
+    def _failed(self, table: str, key: str, reason: str, message: str, started: float) -> Result:
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.backend_errors.labels(reason).inc()
+            if reason != "query":  # a broken custom query is not the database being down
+                metrics.backend_up.set(0)
+        stale = self._cache.stale((table, key))
+        if stale is not None:
+            now = self._clock()
+            if now - self._stale_logged >= 60:  # noqa: PLR2004 - at most one line a minute
+                self._stale_logged = now
+                log.warning("database failing (%s): serving expired cached answers", reason)
+            if metrics is not None:
+                metrics.cache_stale_served.labels(table).inc()
+            self._observe(table, "stale", started)
+            return stale
+        self._observe(table, "none", started)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("lookup %s %r -> TempFail (%s) ms=%.2f", table, key, reason, _ms(started))
+        return TempFail(message)
+
+    def _observe(self, table: str, source: str, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.lookup_seconds.labels(table, source).observe(time.perf_counter() - started)
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

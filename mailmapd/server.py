@@ -13,11 +13,12 @@ it never gets a made-up answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import grp
 import logging
 import os
 import pwd
+import socket
 import stat
 from collections import deque
 from collections.abc import Callable
@@ -25,9 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from mailmapd.config import InetAddress, ListenConfig, ServerConfig, UnixAddress, parse_address
+from mailmapd.config import MAP_NAMES, ConfigError, InetAddress, ListenConfig, ServerConfig, UnixAddress, parse_address
+from mailmapd.metrics import Metrics
 from mailmapd.proto import (
     NOT_FOUND,
+    Found,
+    NotFound,
+    PermFail,
     ProtocolError,
     Result,
     TempFail,
@@ -39,9 +44,18 @@ from mailmapd.proto.netstring import NetstringDecoder
 
 log = logging.getLogger(__name__)
 
+# listen(2) backlog for every listener: Postfix opens connections in bursts.
+_BACKLOG = 1024
+
+_RESULT_LABELS: dict[type, str] = {Found: "found", NotFound: "notfound", TempFail: "temp", PermFail: "perm"}
+
 
 class Resolver(Protocol):
     """What answers lookups (mailmapd.lookup.Resolver; a fake in tests)."""
+
+    def cached(self, table: str, key: str) -> Result | None:
+        """A fresh answer known without waiting, or None."""
+        ...
 
     async def resolve(self, table: str, key: str) -> Result: ...
 
@@ -130,6 +144,7 @@ class _Connection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._read_paused = False
         self._write_paused = False
+        self._aborted = False
         self.closing = False
 
     # ---------------------------------------------------------------- transport events
@@ -139,7 +154,7 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        if not self._server.admit(self):
+        if not self._server.admit(self, self._handler.name):
             transport.abort()
             return
         self._last_activity = self._loop.time()
@@ -151,13 +166,13 @@ class _Connection(asyncio.Protocol):
             self._idle_timer.cancel()
         if self._worker is not None:
             self._worker.cancel()
-        if self._decoder.pending and exc is None:
+        if self._decoder.pending and exc is None and not self._aborted:
             log.info(
                 "%s: %s closed the connection in the middle of a request",
                 self._handler.name,
                 self._peer,
             )
-        self._server.forget(self)
+        self._server.forget(self, self._handler.name)
         log.debug("%s connection from %s closed", self._handler.name, self._peer)
 
     def data_received(self, data: bytes) -> None:
@@ -178,6 +193,10 @@ class _Connection(asyncio.Protocol):
                 return
             if isinstance(out, bytes):
                 self._write(out)
+                continue
+            cached = self._server.resolver.cached(out.table, out.key)
+            if cached is not None:
+                self._answer(out, cached)
             else:
                 self._queue = deque()
                 self._worker = self._loop.create_task(self._work(out))
@@ -200,7 +219,7 @@ class _Connection(asyncio.Protocol):
         assert queue is not None
         try:
             while True:
-                self._write(await self._resolve(job))
+                self._answer(job, await self._resolve(job))
                 next_job = None
                 while queue and next_job is None:
                     try:
@@ -223,14 +242,17 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             self.close()
 
-    async def _resolve(self, job: Job) -> bytes:
+    async def _resolve(self, job: Job) -> Result:
         try:
-            result = await self._server.resolver.resolve(job.table, job.key)
+            return await self._server.resolver.resolve(job.table, job.key)
         except Exception:
             # The one broad except: a bug must cost one TEMP answer, not the daemon.
             log.exception("%s: internal error answering %s", self._handler.name, job.table)
-            result = TempFail("internal error in mailmapd, see its log")
-        return self._handler.encode(result)
+            return TempFail("internal error in mailmapd, see its log")
+
+    def _answer(self, job: Job, result: Result) -> None:
+        self._write(self._handler.encode(result))
+        self._server.count_lookup(self._handler.name, job.table, result)
 
     # ---------------------------------------------------------------- helpers
 
@@ -239,9 +261,10 @@ class _Connection(asyncio.Protocol):
             self._transport.write(data)
 
     def _malformed(self, exc: ProtocolError) -> None:
+        if self._server.metrics is not None:
+            self._server.metrics.malformed_requests.labels(self._handler.name).inc()
         log.warning("%s: malformed request from %s, closing: %s", self._handler.name, self._peer, exc)
-        if self._transport is not None:
-            self._transport.abort()
+        self.abort()
 
     def _set_reading(self, *, paused: bool) -> None:
         self._read_paused = paused
@@ -276,6 +299,7 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
     def abort(self) -> None:
+        self._aborted = True
         if self._transport is not None:
             self._transport.abort()
 
@@ -283,9 +307,12 @@ class _Connection(asyncio.Protocol):
 class Server:
     """All listeners of one daemon and the connections they accepted."""
 
-    def __init__(self, cfg: ServerConfig, resolver: Resolver) -> None:
+    def __init__(self, cfg: ServerConfig, resolver: Resolver, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
         self.resolver = resolver
+        self.metrics = metrics
+        self.known_maps: frozenset[str] = frozenset(MAP_NAMES)
+        self._lookup_counters: dict[tuple[str, str, type], Any] = {}
         self.loop = asyncio.get_running_loop()
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
@@ -305,8 +332,23 @@ class Server:
     def connection_count(self) -> int:
         return len(self._connections)
 
-    def admit(self, conn: _Connection) -> bool:
+    def count_lookup(self, protocol: str, table: str, result: Result) -> None:
+        """mailmapd_lookups_total, with the labelled children kept at hand (hot path)."""
+        if self.metrics is None:
+            return
+        key = (protocol, table, type(result))
+        counter = self._lookup_counters.get(key)
+        if counter is None:
+            label = table if table in self.known_maps else "unknown"  # bounded label values
+            counter = self.metrics.lookups.labels(protocol, label, _RESULT_LABELS[type(result)])
+            if len(self._lookup_counters) < 1000:  # noqa: PLR2004 - unknown map names must not grow this
+                self._lookup_counters[key] = counter
+        counter.inc()
+
+    def admit(self, conn: _Connection, protocol: str) -> bool:
         if len(self._connections) >= self.cfg.max_connections:
+            if self.metrics is not None:
+                self.metrics.connections_refused.inc()
             self._refused += 1
             if self._refused == 1 or self._refused % 1000 == 0:
                 log.warning(
@@ -316,26 +358,60 @@ class Server:
                 )
             return False
         self._connections.add(conn)
+        if self.metrics is not None:
+            self.metrics.connections.labels(protocol).inc()
+            self.metrics.connections_open.labels(protocol).inc()
         return True
 
-    def forget(self, conn: _Connection) -> None:
-        self._connections.discard(conn)
+    def forget(self, conn: _Connection, protocol: str) -> None:
+        if conn in self._connections:
+            self._connections.discard(conn)
+            if self.metrics is not None:
+                self.metrics.connections_open.labels(protocol).dec()
 
-    async def listen(self, lc: ListenConfig, handler: Handler) -> None:
-        """Open one listener from a ``[[listen]]`` section."""
+    async def listen(self, lc: ListenConfig, handler: Handler, inherited: socket.socket | None = None) -> None:
+        """Open one listener from a ``[[listen]]`` section, or serve a socket systemd passed."""
 
         def factory() -> _Connection:
             return _Connection(self, handler)
 
         address = parse_address(lc.address, "listen.address")
-        if isinstance(address, InetAddress):
+        if inherited is not None:
+            # systemd owns an inherited socket and its file; listen() again with a backlog
+            # no smaller than the socket unit's default.
+            if isinstance(address, InetAddress):
+                srv = await self.loop.create_server(factory, sock=inherited, backlog=_BACKLOG)
+            else:
+                srv = await self.loop.create_unix_server(factory, sock=inherited, backlog=_BACKLOG)
+        elif isinstance(address, InetAddress):
             srv = await self.loop.create_server(factory, address.host, address.port, reuse_address=True)
         else:
             srv = await self._listen_unix(factory, address, lc)
         srv.mailmapd_protocol = handler.name  # type: ignore[attr-defined]
+        srv.mailmapd_address = lc.address  # type: ignore[attr-defined]
         self._servers.append(srv)
         for sock in srv.sockets:
-            log.info("listening for %s on %s", handler.name, _describe_sockname(sock.getsockname()))
+            log.info(
+                "listening for %s on %s%s",
+                handler.name,
+                _describe_sockname(sock.getsockname()),
+                " (from systemd)" if inherited is not None else "",
+            )
+
+    async def close_listener(self, address: str) -> None:
+        """Stop accepting on one configured address (a reload removed it)."""
+        for srv in [s for s in self._servers if getattr(s, "mailmapd_address", None) == address]:
+            self._servers.remove(srv)
+            srv.close()
+            await srv.wait_closed()
+            path = address[5:] if address.startswith("unix:") else None
+            if path is not None and path in self._unix_paths:
+                self._unix_paths.remove(path)
+                _remove_stale_socket(path)
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        return [getattr(s, "mailmapd_address", "?") for s in self._servers]
 
     async def _listen_unix(
         self, factory: Callable[[], _Connection], address: UnixAddress, lc: ListenConfig
@@ -346,8 +422,12 @@ class Server:
             srv = await self.loop.create_unix_server(factory, address.path)
         finally:
             os.umask(old_umask)
-        _set_socket_access(address.path, lc)
         self._unix_paths.append(address.path)
+        try:
+            _set_socket_access(address.path, lc)
+        except BaseException:
+            srv.close()
+            raise
         return srv
 
     async def stop(self) -> None:
@@ -376,15 +456,34 @@ def _describe_sockname(name: object) -> str:
 
 
 def _remove_stale_socket(path: str) -> None:
-    """Remove a socket file left behind by an earlier run; refuse to remove anything else."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(Path(path).lstat().st_mode):
-            Path(path).unlink()
+    """Remove a socket file left behind by an earlier run.
+
+    A file that is not a socket is never removed (binding then fails with "in use"), and
+    neither is a socket another process still listens on.
+    """
+    try:
+        if not stat.S_ISSOCK(Path(path).lstat().st_mode):
+            return
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            Path(path).unlink(missing_ok=True)  # nobody answers: left behind
+            return
+    raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on this socket")
 
 
 def _set_socket_access(path: str, lc: ListenConfig) -> None:
-    if lc.owner is not None or lc.group is not None:
+    try:
         uid = pwd.getpwnam(lc.owner).pw_uid if lc.owner else -1
+    except KeyError:
+        raise ConfigError(f"listen {lc.address}: owner {lc.owner!r}: no such user") from None
+    try:
         gid = grp.getgrnam(lc.group).gr_gid if lc.group else -1
+    except KeyError:
+        raise ConfigError(f"listen {lc.address}: group {lc.group!r}: no such group") from None
+    if uid != -1 or gid != -1:
         os.chown(path, uid, gid)
     Path(path).chmod(lc.mode if lc.mode is not None else 0o660)

@@ -63,7 +63,15 @@ def mysql_url(account: DatabaseAccount) -> str:
 
 
 def make_config(url: str, listen: list[dict[str, Any]] | None = None, **extra: Any) -> Config:
-    data: dict[str, Any] = {"database": {"url": url}, "listen": listen or []}
+    """A config for in-process tests: no metrics exporter, no control socket, no change
+    polling, and no cache unless a test asks (so the database's behaviour shows)."""
+    data: dict[str, Any] = {
+        "database": {"url": url},
+        "listen": listen or [],
+        "metrics": {"address": ""},
+        "server": {"control_socket": ""},
+        "cache": {"positive_ttl": 0.0, "negative_ttl": 0.0, "poll_interval": 0.0},
+    }
     data.update(extra)
     return parse_config(data, "<test>")
 

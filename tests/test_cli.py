@@ -16,7 +16,10 @@ from tests.support.ports import free_port
 
 
 def write_config(path: Path, url: str, listen: str = "") -> Path:
-    path.write_text(f'log_level = "info"\n[database]\nurl = "{url}"\nconnect_timeout = 1.0\n{listen}')
+    path.write_text(
+        f'log_level = "info"\n[database]\nurl = "{url}"\nconnect_timeout = 1.0\n'
+        f'[metrics]\naddress = ""\n[server]\ncontrol_socket = ""\n{listen}'
+    )
     return path
 
 

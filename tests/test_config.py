@@ -193,7 +193,8 @@ KEY_ERRORS = [
     # Unknown keys, at every level.
     pytest.param("bogus = 1", "bogus", "unknown key", id="unknown-top-level"),
     pytest.param('path = "/etc/x.toml"', "path", "unknown key", id="path-is-not-a-setting"),
-    pytest.param("[metrics]\nport = 9100", "metrics", "unknown key", id="unknown-section"),
+    pytest.param("[tracing]\nport = 9100", "tracing", "unknown key", id="unknown-section"),
+    pytest.param("[metrics]\nport = 9100", "metrics.port", "unknown key", id="unknown-metrics-key"),
     pytest.param("[database]\npool_szie = 5", "database.pool_szie", "unknown key", id="unknown-database"),
     pytest.param("[lookup]\ntimout = 5", "lookup.timout", "unknown key", id="unknown-lookup"),
     pytest.param("[server]\nmax_conections = 5", "server.max_conections", "unknown key", id="unknown-server"),

@@ -5,6 +5,7 @@ Every failure must answer TEMP (never "not found"), and service must come back b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -134,5 +135,42 @@ async def test_recycled_connection_is_replaced(own_db: DatabaseAccount, private_
         ).split():
             private_mariadb.execute(f"KILL {int(line)}")
         assert await resolver.resolve(*MAILBOX) == EXPECTED
+    finally:
+        await backend.close()
+
+
+async def test_failover_past_a_host_that_accepts_but_never_answers(own_db: DatabaseAccount) -> None:
+    """connect_timeout covers the greeting and login, not only the TCP connect."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # never greet
+
+    hung = await asyncio.start_server(silent, "127.0.0.1", 0)
+    hung_port = hung.sockets[0].getsockname()[1]
+    url = f"mysql://{own_db.user}:{own_db.password}@127.0.0.1:{hung_port},{own_db.host}:{own_db.port}/mail"
+    cfg = make_config(url, database={"url": url, "connect_timeout": 0.3}, lookup={"timeout": 3.0})
+    backend = MySQLBackend(cfg.database)
+    try:
+        assert await make_resolver(cfg, backend).resolve(*MAILBOX) == EXPECTED
+        assert accepted  # the hung host was really tried first
+    finally:
+        await backend.close()
+        for w in accepted:
+            w.close()
+        hung.close()
+        await hung.wait_closed()
+
+
+async def test_wrong_password_is_a_connection_failure_and_fails_over(
+    own_db: DatabaseAccount, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"mysql://{own_db.user}:wrong@{own_db.host}:{own_db.port}/mail"
+    backend = MySQLBackend(make_config(url).database)
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(BackendError) as info:
+            await backend.fetch("SELECT 1", ())
+        assert info.value.reason == "connect"
+        assert "Access denied" in caplog.text  # said at the default log level
     finally:
         await backend.close()

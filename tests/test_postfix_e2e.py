@@ -64,6 +64,14 @@ recipient_delimiter = "+"
 url = "mysql://{account.user}:{account.password}@{account.host}:{account.port}/{account.database}"
 [lookup]
 timeout = 3.0
+[cache]
+positive_ttl = 0.0
+negative_ttl = 0.0
+poll_interval = 0.0
+[metrics]
+address = ""
+[server]
+control_socket = ""
 [[listen]]
 protocol = "socketmap"
 address = "unix:{socket_path}"

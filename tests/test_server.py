@@ -24,8 +24,14 @@ class FakeResolver:
 
     asked: list[tuple[str, str]] = field(default_factory=list)
     gate: asyncio.Event | None = None
+    hot: dict[tuple[str, str], Result] = field(default_factory=dict)
+
+    def cached(self, table: str, key: str) -> Result | None:
+        return self.hot.get((table, key))
 
     async def resolve(self, table: str, key: str) -> Result:
+        if (hit := self.cached(table, key)) is not None:
+            return hit
         self.asked.append((table, key))
         if self.gate is not None:
             await self.gate.wait()
@@ -201,7 +207,9 @@ async def test_internal_error_answers_temp_and_keeps_serving(
     async def broken(table: str, key: str) -> Result:
         raise RuntimeError("bug")
 
-    running.server.resolver = type("Broken", (), {"resolve": staticmethod(broken)})()
+    running.server.resolver = type(
+        "Broken", (), {"resolve": staticmethod(broken), "cached": staticmethod(lambda table, key: None)}
+    )()
     reader, writer = await asyncio.open_connection(*running.socketmap)
     expected = socket_reply(TempFail("internal error in mailmapd, see its log"))
     with caplog.at_level(logging.ERROR, logger="mailmapd.server"):
@@ -278,3 +286,23 @@ async def test_temp_result_maps_to_each_protocol(running: Running) -> None:
     ) == socket_reply(tmp)
     line = await exchange(running.tcp_table, b"get tempfail@example.test\n", 4096, 4)
     assert line == b"400 "
+
+
+async def test_cache_hit_is_answered_without_a_task_even_behind_nothing(running: Running) -> None:
+    """A fresh answer goes out from data_received: the resolver's async path is never used."""
+    running.resolver.hot[("m", "hot@example.test")] = Found("cached-value")
+    reply = socket_reply(Found("cached-value"))
+    assert await exchange(running.socketmap, encode(b"m hot@example.test"), 1, len(reply)) == reply
+    assert running.resolver.asked == []
+
+
+async def test_cache_hit_waits_its_turn_behind_a_slow_lookup(running: Running) -> None:
+    running.resolver.gate = asyncio.Event()
+    running.resolver.hot[("m", "hot@example.test")] = Found("cached-value")
+    reader, writer = await asyncio.open_connection(*running.socketmap)
+    writer.write(encode(b"m alice@example.test") + encode(b"m hot@example.test"))
+    await asyncio.sleep(0.05)
+    running.resolver.gate.set()
+    expected = socket_reply(Found("example.test/alice/")) + socket_reply(Found("cached-value"))
+    assert await asyncio.wait_for(reader.readexactly(len(expected)), 5) == expected
+    writer.close()

@@ -6,7 +6,8 @@ nothing of maps, search orders or Postfix; ``mailmapd.maps`` does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -32,6 +33,28 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class TimedBackend:
+    """A backend that reports each query's duration and outcome (for the metrics)."""
+
+    def __init__(self, inner: Backend, on_query: Callable[[float, bool], None]) -> None:
+        self.dialect = inner.dialect
+        self._inner = inner
+        self._on_query = on_query
+
+    async def fetch(self, sql: str, params: Sequence[str]) -> list[Row]:
+        started = time.perf_counter()
+        ok = False
+        try:
+            rows = await self._inner.fetch(sql, params)
+            ok = True
+        finally:
+            self._on_query(time.perf_counter() - started, ok)
+        return rows
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 def open_backend(cfg: DatabaseConfig) -> Backend:

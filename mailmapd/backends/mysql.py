@@ -26,7 +26,7 @@ from mailmapd.backends import BackendError, Row
 from mailmapd.sqltemplate import MYSQL, Dialect
 
 if TYPE_CHECKING:
-    from mailmapd.config import DatabaseConfig, HostPort
+    from mailmapd.config import DatabaseConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,22 @@ _CONNECTION_ERRORS = frozenset(
         2013,  # CR_SERVER_LOST: lost connection during query
         2055,  # CR_SERVER_LOST_EXTENDED
         1040,  # ER_CON_COUNT_ERROR: too many connections
+        1044,  # ER_DBACCESS_DENIED_ERROR: this host denies the database to the user
+        1045,  # ER_ACCESS_DENIED_ERROR: this host refuses the login (another may not)
+        1049,  # ER_BAD_DB_ERROR: this host lacks the database
         1053,  # ER_SERVER_SHUTDOWN
         1927,  # ER_CONNECTION_KILLED (MariaDB)
         4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
     }
 )
+
+
+class _ConnectError(Exception):
+    """No connection to this host could be set up."""
+
+
+class _LostConnectionError(Exception):
+    """The connection broke while a query ran."""
 
 
 @dataclass(slots=True)
@@ -83,12 +94,10 @@ class MySQLBackend:
         self._pool_size = cfg.pool_size
         self._recycle = cfg.pool_recycle
         self._retry_interval = cfg.retry_interval
+        self._connect_timeout = cfg.connect_timeout
+        self._query_error_logged = -60.0
         self._clock = clock
         self._locks = {h.label: asyncio.Lock() for h in hosts}
-
-    @property
-    def hosts(self) -> Sequence[HostPort | str]:
-        return [h.label for h in self._hosts]
 
     def _candidates(self) -> list[_Host]:
         now = self._clock()
@@ -110,37 +119,63 @@ class MySQLBackend:
     async def fetch(self, sql: str, params: Sequence[str]) -> list[Row]:
         last: BaseException | None = None
         for host in self._candidates():
-            for attempt in (1, 2):
+            try:
                 try:
                     return await self._fetch_on(host, sql, params)
-                except pymysql.err.MySQLError as exc:
-                    if not _is_connection_error(exc):
-                        # The query itself is wrong (a bad custom query, a missing table):
-                        # another host would answer the same.
-                        raise BackendError("query", f"mysql {host.label}: {exc.args[-1]}") from exc
-                    last = exc
-                except (OSError, TimeoutError) as exc:
-                    last = exc
-                log.debug("mysql %s: connection failed (attempt %d): %s", host.label, attempt, last)
+                except _LostConnectionError:
+                    # A pooled connection the server had closed (wait_timeout, restart):
+                    # one more try on a fresh connection before blaming the host.
+                    return await self._fetch_on(host, sql, params)
+            except _ConnectError as exc:
+                last = exc.__cause__ or exc
+            except _LostConnectionError as exc:
+                last = exc.__cause__ or exc
             if host.failed_until <= self._clock():
                 log.warning(
-                    "mysql %s: unreachable, skipping it for %ss: %s",
-                    host.label,
-                    self._retry_interval,
-                    _describe(last),
+                    "mysql %s: unreachable, skipping it for %gs: %s", host.label, self._retry_interval, _describe(last)
                 )
             host.failed_until = self._clock() + self._retry_interval
         raise BackendError("connect", f"no database host answered: {_describe(last)}")
 
     async def _fetch_on(self, host: _Host, sql: str, params: Sequence[str]) -> list[Row]:
         pool = await self._pool(host)
-        async with pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql, tuple(params))
-            rows: list[Row] = list(await cur.fetchall())
+        # connect_timeout bounds the whole set-up of a new connection (TCP, greeting, login),
+        # not only the TCP connect: a host that accepts but never answers must fail over too.
+        # Waiting for a busy pool's free connection is not the host's fault: the lookup
+        # deadline bounds that.
+        opens_new = pool.freesize == 0 and pool.size < pool.maxsize
+        try:
+            async with asyncio.timeout(self._connect_timeout if opens_new else None):
+                conn = await pool.acquire()
+        except (OSError, TimeoutError, pymysql.err.MySQLError) as exc:
+            if isinstance(exc, pymysql.err.MySQLError) and not _is_connection_error(exc):
+                raise self._query_error(host, exc) from exc
+            raise _ConnectError from exc
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(sql, tuple(params))
+                rows: list[Row] = list(await cur.fetchall())
+        except pymysql.err.MySQLError as exc:
+            if _is_connection_error(exc):
+                raise _LostConnectionError from exc
+            raise self._query_error(host, exc) from exc
+        except OSError as exc:
+            raise _LostConnectionError from exc
+        finally:
+            pool.release(conn)
         if host.failed_until:
             log.info("mysql %s: answering again", host.label)
             host.failed_until = 0.0
         return rows
+
+    def _query_error(self, host: _Host, exc: pymysql.err.MySQLError) -> BackendError:
+        """The query itself failed (a bad custom query, a missing table): another host would
+        answer the same, so no failover. Logged at most once a minute: it needs a person."""
+        now = self._clock()
+        if now - self._query_error_logged >= 60:  # noqa: PLR2004 - one line a minute
+            self._query_error_logged = now
+            log.warning("mysql %s: query failed: %s", host.label, _describe(exc))
+        return BackendError("query", f"mysql {host.label}: {_describe(exc)}")
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
         """Run a statement that changes data (admin commands) on the first host that answers."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import aiosqlite
 
 from mailmapd.backends import BackendError, Row
-from mailmapd.schema import SQLITE_TABLES
+from mailmapd.schema import SQLITE_TABLES, sqlite_change_tracking
 from mailmapd.sqltemplate import SQLITE, Dialect
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class SQLiteBackend:
                 try:
                     await conn.create_function("SUBSTRING_INDEX", 3, substring_index, deterministic=True)
                     await conn.create_function("CONCAT", -1, concat, deterministic=True)
-                    for ddl in SQLITE_TABLES:
+                    for ddl in (*SQLITE_TABLES, *sqlite_change_tracking()):
                         await conn.execute(ddl)
                     await conn.commit()
                 except BaseException:
