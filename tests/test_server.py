@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from mailmapd.config import ListenConfig, ServerConfig
+from mailmapd.metrics import Metrics
 from mailmapd.proto import NOT_FOUND, Found, Result, TempFail
 from mailmapd.proto.netstring import encode
 from mailmapd.server import Server, SocketmapHandler, TcpTableHandler
@@ -306,3 +308,40 @@ async def test_cache_hit_waits_its_turn_behind_a_slow_lookup(running: Running) -
     expected = socket_reply(Found("example.test/alice/")) + socket_reply(Found("cached-value"))
     assert await asyncio.wait_for(reader.readexactly(len(expected)), 5) == expected
     writer.close()
+
+
+async def test_server_metrics(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics.create(registry)
+    resolver = FakeResolver()
+    server = Server(ServerConfig(), resolver, metrics)
+    await server.listen(ListenConfig("socketmap", "inet:127.0.0.1:0"), SocketmapHandler())
+    addr = server.sockets[0][1]
+    try:
+        reader, writer = await asyncio.open_connection(*addr)
+        # The second request is malformed (a map name that is not ASCII): the first is
+        # answered, then the connection is closed.
+        writer.write(encode(b"mailboxes alice@example.test") + encode(b"no-such-map-\xff x"))
+        assert await asyncio.wait_for(reader.read(), 5) == socket_reply(Found("example.test/alice/"))
+        writer.close()
+        reader, writer = await asyncio.open_connection(*addr)
+        writer.write(encode(b"nosuchmap key"))
+        assert await asyncio.wait_for(reader.readexactly(len(socket_reply(NOT_FOUND))), 5) == socket_reply(NOT_FOUND)
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(500):  # until the server has seen both connections close
+            if server.connection_count == 0:
+                break
+            await asyncio.sleep(0.01)
+
+        def value(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, labels)
+
+        assert value("mailmapd_lookups_total", protocol="socketmap", map="mailboxes", result="found") == 1
+        # A map name the client made up is never a label value.
+        assert value("mailmapd_lookups_total", protocol="socketmap", map="unknown", result="notfound") == 1
+        assert value("mailmapd_malformed_requests_total", protocol="socketmap") == 1
+        assert value("mailmapd_connections_total", protocol="socketmap") == 2
+        assert value("mailmapd_connections_open", protocol="socketmap") == 0
+    finally:
+        await server.stop()
