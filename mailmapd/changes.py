@@ -42,6 +42,7 @@ class ChangeWatcher:
         self._missing_logged = False
 
     async def run(self, interval: float) -> None:
+        await self.poll()  # the baseline, at once: a change right after start is not missed
         while True:
             await asyncio.sleep(interval)
             await self.poll()

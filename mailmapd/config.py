@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -22,7 +23,7 @@ from mailmapd.sqltemplate import QueryTemplate, TemplateError
 DEFAULT_CONFIG_PATH = "/etc/mailmapd/mailmapd.toml"
 DEFAULT_DATABASE_URL = "sqlite:///var/lib/mailmapd/mail.db"
 
-Protocol = Literal["socketmap", "tcp_table"]
+Protocol = Literal["socketmap", "tcp_table", "policy"]
 PROTOCOLS: tuple[str, ...] = typing.get_args(Protocol)
 
 # The maps mailmapd serves; see docs/maps.md. The Postfix-facing maps perform their
@@ -51,7 +52,9 @@ SEED_QUERIES: dict[str, str] = {
 
 
 _T = TypeVar("_T")
-_SECTIONS = frozenset({"database", "lookup", "cache", "metrics", "server", "listen", "maps"})
+_SECTIONS = frozenset({"database", "lookup", "cache", "quota", "metrics", "server", "listen", "maps"})
+# A policy action that refuses: a 4XX or 5XX code, its enhanced status code, and text.
+_REJECT_ACTION = re.compile(r"[45]\d\d [45]\.\d{1,3}\.\d{1,3} \S.*")
 _MAX_PORT = 65535
 _MAX_MODE = 0o777
 
@@ -149,6 +152,19 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QuotaConfig:
+    # virtual_mailbox_base: the mailboxes map's values are relative to it.
+    mailbox_base: str = "/home/vmail"
+    # The policy action for a recipient over quota (the seed's text; "452 4.2.2 ..." makes
+    # senders retry instead of bouncing).
+    reject: str = "552 5.2.2 The user you are trying to reach is over quota."
+    # Seconds a mailbox's measured usage is reused.
+    usage_cache_ttl: float = 10.0
+    # Seconds one policy decision may take before it answers DEFER_IF_PERMIT.
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     # Where Prometheus scrapes /metrics: inet:HOST:PORT; "" turns the exporter off.
     address: str = "inet:127.0.0.1:9779"
@@ -178,6 +194,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     lookup: LookupConfig = field(default_factory=LookupConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     listen: tuple[ListenConfig, ...] = ()
@@ -252,6 +269,13 @@ def _parse(data: dict[str, Any], name: str) -> Config:
     _positive(cache.max_entries, "cache.max_entries")
     _not_negative(cache.max_stale, "cache.max_stale")
     _not_negative(cache.poll_interval, "cache.poll_interval")
+    quota = _build(QuotaConfig, _table(data.get("quota", {}), "quota"), "quota.")
+    if not quota.mailbox_base.startswith("/"):
+        raise ConfigError("quota.mailbox_base: must be an absolute path (virtual_mailbox_base)")
+    if not _REJECT_ACTION.fullmatch(quota.reject) or "\n" in quota.reject:
+        raise ConfigError('quota.reject: expected "4XX 4.X.X text" or "5XX 5.X.X text"')
+    _not_negative(quota.usage_cache_ttl, "quota.usage_cache_ttl")
+    _positive(quota.timeout, "quota.timeout")
     metrics = _build(MetricsConfig, _table(data.get("metrics", {}), "metrics"), "metrics.")
     if metrics.address and not isinstance(parse_address(metrics.address, "metrics.address"), InetAddress):
         raise ConfigError("metrics.address: expected inet:HOST:PORT (Prometheus scrapes over HTTP)")
@@ -304,6 +328,7 @@ def _parse(data: dict[str, Any], name: str) -> Config:
         database=database,
         lookup=lookup,
         cache=cache,
+        quota=quota,
         metrics=metrics,
         server=server,
         listen=listeners,

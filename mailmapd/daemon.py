@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -25,15 +25,20 @@ from mailmapd.control import ControlServer
 from mailmapd.lookup import CachePolicy, Resolver
 from mailmapd.maps import build_maps
 from mailmapd.metrics import Metrics, StateCollector
+from mailmapd.quota import QuotaPolicy
 from mailmapd.sdactivation import InheritedSocket, inherited_sockets, match
-from mailmapd.server import Handler, Server, SocketmapHandler, TcpTableHandler
+from mailmapd.server import Handler, PolicyHandler, Server, SocketmapHandler, TcpTableHandler
 
 log = logging.getLogger(__name__)
 
 
-def make_handler(lc: ListenConfig) -> Handler:
+def make_handler(lc: ListenConfig, decide: Callable[[dict[str, str]], Awaitable[str]] | None = None) -> Handler:
     if lc.protocol == "socketmap":
         return SocketmapHandler()
+    if lc.protocol == "policy":
+        if decide is None:
+            raise ConfigError(f"listen {lc.address}: the policy protocol needs the daemon's quota policy")
+        return PolicyHandler(decide)
     assert lc.map is not None  # config validation requires it for tcp_table
     return TcpTableHandler(lc.map)
 
@@ -58,6 +63,7 @@ class App:
         self._exporter: Any = None
         self._control: ControlServer | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self.policy: QuotaPolicy | None = None
         self.registry.register(StateCollector(lambda: len(self.resolver.cache) if self.resolver else 0))
 
     # ------------------------------------------------------------------ lifecycle
@@ -68,6 +74,7 @@ class App:
         self._backend = raw
         await _probe(raw, cfg)
         self.resolver = make_resolver(cfg, self._timed(raw), self.metrics)
+        self.policy = QuotaPolicy(self.resolver, cfg.quota, metrics=self.metrics)
         self.server = Server(cfg.server, self.resolver, self.metrics)
         await self._open_listeners(cfg.listen, inherited or [])
         self._start_exporter(cfg)
@@ -111,6 +118,7 @@ class App:
         self.server.cfg = new.server
         self.server.resolver = resolver
         self.resolver = resolver
+        self.policy = QuotaPolicy(resolver, new.quota, metrics=self.metrics)
         self._backend = raw
         if self._exporter is None or new.metrics != self.cfg.metrics:
             if self._exporter is not None:
@@ -151,7 +159,7 @@ class App:
             if passed is not None and passed.fd not in used:
                 used.add(passed.fd)
                 sock = socket.socket(fileno=passed.fd)
-            await self.server.listen(lc, make_handler(lc), sock)
+            await self.server.listen(lc, make_handler(lc, self.decide), sock)
         unused = [i for i in inherited if i.fd not in used]
         if unused:
             names = ", ".join(f"{i.address} ({i.name})" for i in unused)
@@ -168,7 +176,7 @@ class App:
                 current.discard(address)
         for address, lc in wanted.items():
             if address not in current:
-                await self.server.listen(lc, make_handler(lc))
+                await self.server.listen(lc, make_handler(lc, self.decide))
         for address in current - wanted.keys():
             await self.server.close_listener(address)
 
@@ -198,6 +206,11 @@ class App:
         custom = any(cfg.map_config(name).query for name in cfg.maps)
         watcher = ChangeWatcher(backend, self._changed, custom_queries=custom)
         self._watcher = asyncio.get_running_loop().create_task(watcher.run(cfg.cache.poll_interval))
+
+    async def decide(self, request: dict[str, str]) -> str:
+        """The quota policy of the current configuration (it changes on reload)."""
+        assert self.policy is not None
+        return await self.policy.decide(request)
 
     def flush(self, table: str | None, key: str | None) -> int:
         if self.resolver is None:
@@ -232,10 +245,12 @@ def _close_later(backend: Backend) -> None:
 
 async def start_server(cfg: Config, backend: Backend) -> Server:
     """A bare server over ``backend`` (tests): listeners of ``cfg``, no exporter or control."""
-    server = Server(cfg.server, make_resolver(cfg, backend))
+    resolver = make_resolver(cfg, backend)
+    policy = QuotaPolicy(resolver, cfg.quota)
+    server = Server(cfg.server, resolver)
     try:
         for lc in cfg.listen:
-            await server.listen(lc, make_handler(lc))
+            await server.listen(lc, make_handler(lc, policy.decide))
     except BaseException:
         await server.stop()
         raise

@@ -61,6 +61,8 @@ class Metrics:
     requests_in_flight: Gauge
     malformed_requests: Counter
     reloads: Counter
+    policy_decisions: Counter
+    quota_scan_seconds: Histogram
     build_info: Gauge
 
     @classmethod
@@ -136,6 +138,19 @@ class Metrics:
             ),
             reloads=Counter(
                 "mailmapd_reloads", "Configuration reloads (SIGHUP), by result.", ["result"], registry=registry
+            ),
+            policy_decisions=Counter(
+                "mailmapd_policy_decisions",
+                "Quota policy answers, by result (dunno, reject, defer).",
+                ["result"],
+                registry=registry,
+            ),
+            quota_scan_seconds=Histogram(
+                "mailmapd_quota_scan_seconds",
+                "Time to measure a mailbox's usage, by source (maildirsize, scan, mbox).",
+                ["source"],
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
             ),
             build_info=Gauge(
                 "mailmapd_build_info", "Always 1; the version is a label.", ["version"], registry=registry

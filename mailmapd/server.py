@@ -21,7 +21,7 @@ import pwd
 import socket
 import stat
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +37,7 @@ from mailmapd.proto import (
     Result,
     TempFail,
     decode_key,
+    policy,
     socketmap,
     tcptable,
 )
@@ -64,7 +65,7 @@ class Decoder(Protocol):
     @property
     def pending(self) -> int: ...
 
-    def feed(self, data: bytes) -> list[bytes]: ...
+    def feed(self, data: bytes) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,13 @@ class Job:
     key: str
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyJob:
+    """A policy request: its attributes."""
+
+    request: dict[str, str]
+
+
 class Handler(Protocol):
     """What one protocol contributes: framing, parsing, and encoding of results."""
 
@@ -82,14 +90,23 @@ class Handler(Protocol):
 
     def new_decoder(self) -> Decoder: ...
 
-    def start(self, frame: bytes) -> bytes | Job:
-        """The reply when it is known now, else the Job to resolve. Raises ProtocolError."""
+    def start(self, frame: Any) -> bytes | Job | PolicyJob:
+        """The reply when it is known now, else the job to do. Raises ProtocolError."""
         ...
 
     def encode(self, result: Result) -> bytes: ...
 
+    async def decide(self, job: PolicyJob) -> bytes:
+        """The reply to a policy request (policy handlers only)."""
+        ...
 
-class SocketmapHandler:
+
+class _LookupOnly:
+    async def decide(self, job: PolicyJob) -> bytes:
+        raise ProtocolError(f"this listener answers lookups, not policy requests ({len(job.request)} attributes)")
+
+
+class SocketmapHandler(_LookupOnly):
     name = "socketmap"
 
     def __init__(self, max_request: int = socketmap.MAX_REQUEST_DEFAULT) -> None:
@@ -109,7 +126,7 @@ class SocketmapHandler:
         return socketmap.encode_reply(result)
 
 
-class TcpTableHandler:
+class TcpTableHandler(_LookupOnly):
     """tcp_table carries no map name: each listener serves one map."""
 
     name = "tcp_table"
@@ -128,6 +145,27 @@ class TcpTableHandler:
 
     def encode(self, result: Result) -> bytes:
         return tcptable.encode_reply(result)
+
+
+class PolicyHandler:
+    """Postfix's SMTPD policy protocol: the quota policy decides each request."""
+
+    name = "policy"
+
+    def __init__(self, decide: Callable[[dict[str, str]], Awaitable[str]]) -> None:
+        self._decide = decide
+
+    def new_decoder(self) -> Decoder:
+        return policy.PolicyDecoder()
+
+    def start(self, frame: Any) -> bytes | Job | PolicyJob:
+        return PolicyJob(frame)
+
+    def encode(self, result: Result) -> bytes:
+        return policy.encode_reply(result)
+
+    async def decide(self, job: PolicyJob) -> bytes:
+        return policy.encode_action(await self._decide(job.request))
 
 
 class _Connection(asyncio.Protocol):
@@ -194,8 +232,7 @@ class _Connection(asyncio.Protocol):
             if isinstance(out, bytes):
                 self._write(out)
                 continue
-            cached = self._server.resolver.cached(out.table, out.key)
-            if cached is not None:
+            if isinstance(out, Job) and (cached := self._server.resolver.cached(out.table, out.key)) is not None:
                 self._answer(out, cached)
             else:
                 self._queue = deque()
@@ -214,12 +251,15 @@ class _Connection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- answering
 
-    async def _work(self, job: Job) -> None:
+    async def _work(self, job: Job | PolicyJob) -> None:
         queue = self._queue
         assert queue is not None
         try:
             while True:
-                self._answer(job, await self._resolve(job))
+                if isinstance(job, Job):
+                    self._answer(job, await self._resolve(job))
+                else:
+                    self._write(await self._decide(job))
                 next_job = None
                 while queue and next_job is None:
                     try:
@@ -249,6 +289,13 @@ class _Connection(asyncio.Protocol):
             # The one broad except: a bug must cost one TEMP answer, not the daemon.
             log.exception("%s: internal error answering %s", self._handler.name, job.table)
             return TempFail("internal error in mailmapd, see its log")
+
+    async def _decide(self, job: PolicyJob) -> bytes:
+        try:
+            return await self._handler.decide(job)
+        except Exception:
+            log.exception("%s: internal error answering a policy request", self._handler.name)
+            return policy.encode_action("DEFER_IF_PERMIT internal error in mailmapd, see its log")
 
     def _answer(self, job: Job, result: Result) -> None:
         self._write(self._handler.encode(result))

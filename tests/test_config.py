@@ -131,6 +131,7 @@ def test_example_commented_unix_listener_is_valid() -> None:
     commented = commented_settings(EXAMPLE.read_text())
     cfg = parse_config(commented, "commented")
     assert cfg.listen == (
+        ListenConfig("policy", "inet:127.0.0.1:7981"),
         ListenConfig(
             "socketmap", "unix:/var/spool/postfix/private/mailmapd", mode=0o660, owner="mailmapd", group="postfix"
         ),
