@@ -362,6 +362,7 @@ class Server:
         self._lookup_counters: dict[tuple[str, str, type], Any] = {}
         self.loop = asyncio.get_running_loop()
         self._servers: list[asyncio.Server] = []
+        self._retired: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
         self._connections: set[_Connection] = set()
         self._refused = 0
@@ -450,7 +451,9 @@ class Server:
         for srv in [s for s in self._servers if getattr(s, "mailmapd_address", None) == address]:
             self._servers.remove(srv)
             srv.close()
-            await srv.wait_closed()
+            # Its established connections keep being served; since Python 3.12.1
+            # wait_closed() would wait for them, so stop() awaits it at the end.
+            self._retired.append(srv)
             path = address[5:] if address.startswith("unix:") else None
             if path is not None and path in self._unix_paths:
                 self._unix_paths.remove(path)
@@ -488,11 +491,12 @@ class Server:
             await asyncio.wait(workers, timeout=self.cfg.shutdown_timeout)
         for conn in list(self._connections):
             conn.abort()
-        for srv in self._servers:
+        for srv in [*self._servers, *self._retired]:
             await srv.wait_closed()
         for path in self._unix_paths:
             _remove_stale_socket(path)
         self._servers.clear()
+        self._retired.clear()
 
 
 def _describe_sockname(name: object) -> str:
