@@ -42,8 +42,9 @@ class ChangeWatcher:
         self._missing_logged = False
 
     async def run(self, interval: float) -> None:
+        """Poll until cancelled, or until the counters turn out to be missing."""
         await self.poll()  # the baseline, at once: a change right after start is not missed
-        while True:
+        while not self._missing_logged:
             await asyncio.sleep(interval)
             await self.poll()
 
@@ -53,8 +54,13 @@ class ChangeWatcher:
             rows = await self._backend.fetch(POLL_SQL, ())
         except BackendError as exc:
             if exc.reason == "query" and not self._missing_logged:
+                # Stop asking (a failing query every few seconds would only fill the logs);
+                # a reload after creating the table starts the watcher again.
                 self._missing_logged = True
-                log.info("no change counters (table mailmapd_changes): answers follow the cache TTLs")
+                log.info(
+                    "no change counters (table mailmapd_changes): answers follow the cache TTLs;"
+                    " see docs/operations.md to create them, then reload"
+                )
             return frozenset()
         versions = {str(tbl): int(version) for tbl, version in rows}
         previous, self._last = self._last, versions

@@ -16,6 +16,8 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+from mailmapd.server import remove_stale_socket
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 4096
@@ -86,7 +88,7 @@ class ControlServer:
 
 def _prepare(path: str) -> None:
     Path(path).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    _remove(path)
+    remove_stale_socket(path)  # never another running daemon's
 
 
 def _remove(path: str) -> None:

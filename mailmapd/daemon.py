@@ -120,15 +120,19 @@ class App:
         self.resolver = resolver
         self.policy = QuotaPolicy(resolver, new.quota, metrics=self.metrics)
         self._backend = raw
-        if self._exporter is None or new.metrics != self.cfg.metrics:
-            if self._exporter is not None:
-                self._exporter[0].shutdown()
-                self._exporter = None
-            self._start_exporter(new)
-        if self._control is not None:
-            await self._control.stop()
-            self._control = None
-        await self._start_control(new)
+        try:
+            if self._exporter is None or new.metrics != self.cfg.metrics:
+                if self._exporter is not None:
+                    self._exporter[0].shutdown()
+                    self._exporter = None
+                self._start_exporter(new)
+            if self._control is not None:
+                await self._control.stop()
+                self._control = None
+            await self._start_control(new)
+        except OSError as exc:
+            # The lookups run on the new configuration already; say what is missing.
+            log.error("reload: %s (the rest of the new configuration is in use)", exc)  # noqa: TRY400
         if self._watcher is not None:
             self._watcher.cancel()
         self._start_watcher(new, raw)
@@ -185,7 +189,10 @@ class App:
             return
         address = parse_address(cfg.metrics.address, "metrics.address")
         assert isinstance(address, InetAddress)
-        self._exporter = start_http_server(address.port, addr=address.host, registry=self.registry)
+        try:
+            self._exporter = start_http_server(address.port, addr=address.host, registry=self.registry)
+        except OSError as exc:
+            raise OSError(exc.errno, f"metrics.address {cfg.metrics.address}: {exc.strerror or exc}") from exc
         log.info("metrics on http://%s:%d/metrics", address.host, self._exporter[0].server_port)
 
     @property

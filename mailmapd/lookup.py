@@ -52,7 +52,8 @@ class Resolver:
         self._policies = dict(policies or {})
         self._metrics = metrics
         self._inflight: dict[CacheKey, asyncio.Task[Result]] = {}
-        self._stale_logged = 0.0
+        self._stale_logged = -1e9
+        self._query_error_logged: dict[str, float] = {}
         self._clock = clock
 
     @property
@@ -102,7 +103,10 @@ class Resolver:
         except TimeoutError:
             return self._failed(table, key, "timeout", f"database did not answer within {self._timeout:g}s", started)
         except BackendError as exc:
-            log.debug("lookup %s failed: %s", table, exc)
+            if exc.reason == "query":
+                self._warn_query_error(table, exc)
+            else:
+                log.debug("lookup %s failed: %s", table, exc)
             return self._failed(table, key, exc.reason, f"database unavailable ({exc.reason})", started)
         finally:
             if metrics is not None:
@@ -118,6 +122,14 @@ class Resolver:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("lookup %s %r -> %s ms=%.2f", table, key, type(result).__name__, _ms(started))
         return result
+
+    def _warn_query_error(self, table: str, exc: BackendError) -> None:
+        """A failing query needs a person (a bad custom query, a missing table, a locked
+        file): WARNING, at most once a minute per map."""
+        now = self._clock()
+        if now - self._query_error_logged.get(table, -1e9) >= 60:  # noqa: PLR2004 - one line a minute
+            self._query_error_logged[table] = now
+            log.warning("lookup %s: the query failed: %s", table, exc)
 
     def _failed(self, table: str, key: str, reason: str, message: str, started: float) -> Result:
         metrics = self._metrics

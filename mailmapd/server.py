@@ -424,17 +424,10 @@ class Server:
             return _Connection(self, handler)
 
         address = parse_address(lc.address, "listen.address")
-        if inherited is not None:
-            # systemd owns an inherited socket and its file; listen() again with a backlog
-            # no smaller than the socket unit's default.
-            if isinstance(address, InetAddress):
-                srv = await self.loop.create_server(factory, sock=inherited, backlog=_BACKLOG)
-            else:
-                srv = await self.loop.create_unix_server(factory, sock=inherited, backlog=_BACKLOG)
-        elif isinstance(address, InetAddress):
-            srv = await self.loop.create_server(factory, address.host, address.port, reuse_address=True)
-        else:
-            srv = await self._listen_unix(factory, address, lc)
+        try:
+            srv = await self._open(factory, address, lc, inherited)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{lc.address}: {exc.strerror or exc}") from exc
         srv.mailmapd_protocol = handler.name  # type: ignore[attr-defined]
         srv.mailmapd_address = lc.address  # type: ignore[attr-defined]
         self._servers.append(srv)
@@ -445,6 +438,23 @@ class Server:
                 _describe_sockname(sock.getsockname()),
                 " (from systemd)" if inherited is not None else "",
             )
+
+    async def _open(
+        self,
+        factory: Callable[[], _Connection],
+        address: InetAddress | UnixAddress,
+        lc: ListenConfig,
+        inherited: socket.socket | None,
+    ) -> asyncio.Server:
+        if inherited is not None:
+            # systemd owns an inherited socket and its file; listen() again with a backlog
+            # no smaller than the socket unit's default.
+            if isinstance(address, InetAddress):
+                return await self.loop.create_server(factory, sock=inherited, backlog=_BACKLOG)
+            return await self.loop.create_unix_server(factory, sock=inherited, backlog=_BACKLOG)
+        if isinstance(address, InetAddress):
+            return await self.loop.create_server(factory, address.host, address.port, reuse_address=True)
+        return await self._listen_unix(factory, address, lc)
 
     async def close_listener(self, address: str) -> None:
         """Stop accepting on one configured address (a reload removed it)."""
@@ -457,7 +467,7 @@ class Server:
             path = address[5:] if address.startswith("unix:") else None
             if path is not None and path in self._unix_paths:
                 self._unix_paths.remove(path)
-                _remove_stale_socket(path)
+                remove_stale_socket(path)
 
     @property
     def listen_addresses(self) -> list[str]:
@@ -466,7 +476,7 @@ class Server:
     async def _listen_unix(
         self, factory: Callable[[], _Connection], address: UnixAddress, lc: ListenConfig
     ) -> asyncio.Server:
-        _remove_stale_socket(address.path)
+        remove_stale_socket(address.path)
         old_umask = os.umask(0o117)  # no window in which the socket is world-accessible
         try:
             srv = await self.loop.create_unix_server(factory, address.path)
@@ -494,7 +504,7 @@ class Server:
         for srv in [*self._servers, *self._retired]:
             await srv.wait_closed()
         for path in self._unix_paths:
-            _remove_stale_socket(path)
+            remove_stale_socket(path)
         self._servers.clear()
         self._retired.clear()
 
@@ -506,7 +516,7 @@ def _describe_sockname(name: object) -> str:
     return f"unix:{name}"
 
 
-def _remove_stale_socket(path: str) -> None:
+def remove_stale_socket(path: str) -> None:
     """Remove a socket file left behind by an earlier run.
 
     A file that is not a socket is never removed (binding then fails with "in use"), and

@@ -95,7 +95,6 @@ class MySQLBackend:
         self._recycle = cfg.pool_recycle
         self._retry_interval = cfg.retry_interval
         self._connect_timeout = cfg.connect_timeout
-        self._query_error_logged = -60.0
         self._clock = clock
         self._locks = {h.label: asyncio.Lock() for h in hosts}
 
@@ -170,11 +169,7 @@ class MySQLBackend:
 
     def _query_error(self, host: _Host, exc: pymysql.err.MySQLError) -> BackendError:
         """The query itself failed (a bad custom query, a missing table): another host would
-        answer the same, so no failover. Logged at most once a minute: it needs a person."""
-        now = self._clock()
-        if now - self._query_error_logged >= 60:  # noqa: PLR2004 - one line a minute
-            self._query_error_logged = now
-            log.warning("mysql %s: query failed: %s", host.label, _describe(exc))
+        answer the same, so no failover. The resolver logs it."""
         return BackendError("query", f"mysql {host.label}: {_describe(exc)}")
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
