@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from mailmapd import __version__
@@ -67,25 +68,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flush.add_argument("map", metavar="MAP", nargs="?", choices=MAP_NAMES, help=", ".join(MAP_NAMES))
     flush.add_argument("key", metavar="KEY", nargs="?")
+
+    # Command groups that live in their own modules register themselves here: each sets
+    # ``handler`` (and ``needs_config=False`` when it runs without a config file).
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
+
+
+# Modules with ``add_commands(subparsers)``; see docs/development.md.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+CommandHandler = Callable[[Config | None, argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"mailmapd: {exc}", file=sys.stderr)
-        return os.EX_CONFIG
-    setup_logging("debug" if args.debug else cfg.log_level)
-    handler = {
+    handler: CommandHandler | None = getattr(args, "handler", None)
+    cfg: Config | None = None
+    if getattr(args, "needs_config", True):
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            print(f"mailmapd: {exc}", file=sys.stderr)
+            return os.EX_CONFIG
+    setup_logging("debug" if args.debug else (cfg.log_level if cfg is not None else "info"))
+    if handler is not None:
+        return handler(cfg, args)
+    assert cfg is not None
+    builtin = {
         "serve": cmd_serve,
         "query": cmd_query,
         "check-config": cmd_check_config,
         "flush": cmd_flush,
     }[args.command]
-    return handler(cfg, args)
+    return builtin(cfg, args)
 
 
 def setup_logging(level: str) -> None:
