@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules with ``add_commands(subparsers)``; see docs/development.md.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("mailmapd.admin", "mailmapd.migrate", "mailmapd.install")
 
 
 CommandHandler = Callable[[Config | None, argparse.Namespace], int]
