@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from mailmapd.backends import BackendError
 from mailmapd.cache import CacheKey, LookupCache
@@ -54,6 +55,7 @@ class Resolver:
         self._inflight: dict[CacheKey, asyncio.Task[Result]] = {}
         self._stale_logged = -1e9
         self._query_error_logged: dict[str, float] = {}
+        self._hit_children: dict[str, tuple[Any, Any]] = {}
         self._clock = clock
 
     @property
@@ -69,9 +71,19 @@ class Resolver:
         started = time.perf_counter()
         result = self._cache.fresh((table, key))
         if result is not None and self._metrics is not None:
-            self._metrics.cache_hits.labels(table).inc()
-            self._observe(table, "cache", started)
+            hits, seconds = self._hit_metrics(table)
+            hits.inc()
+            seconds.observe(time.perf_counter() - started)
         return result
+
+    def _hit_metrics(self, table: str) -> tuple[Any, Any]:
+        """The labelled children for a cache hit, looked up once per map (labels() is slow)."""
+        children = self._hit_children.get(table)
+        if children is None:
+            assert self._metrics is not None
+            children = (self._metrics.cache_hits.labels(table), self._metrics.lookup_seconds.labels(table, "cache"))
+            self._hit_children[table] = children  # only maps that were cached: bounded
+        return children
 
     async def resolve(self, table: str, key: str) -> Result:
         """Answer one lookup; never raises for a database problem."""
