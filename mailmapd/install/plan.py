@@ -522,6 +522,18 @@ class Context:
                 self.say(step, f"{path}: later backups kept: {', '.join(others)}")
             del self.state.files[path]
             self.changed.append((step, path))
+        if any(step == "aliases" and path == "/etc/aliases" for step, path in self.changed) and not self.dry_run:
+            # postalias(1) keeps its own copy in aliases.db: rebuild it from the restored file,
+            # or local(8) keeps sending root's mail to the admin address.
+            if not self.target("/etc/aliases").exists():
+                self.target("/etc/aliases.db").unlink(missing_ok=True)
+            elif not self.target("/etc/postfix/main.cf").exists():
+                self.say("aliases", "/etc/aliases.db: not rebuilt (no Postfix main.cf left); run newaliases later")
+            else:
+                try:
+                    self.run("aliases", ["newaliases"], "rebuild aliases.db from the restored /etc/aliases")
+                except InstallError as exc:
+                    self.say("aliases", f"/etc/aliases.db: not rebuilt ({exc}); run newaliases by hand")
         state_dir = str(Path(STATE_PATH).parent)
         for path, step in sorted(self.state.dirs.items(), reverse=True):
             if self.dry_run:
