@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from mailmapd.backends import Backend, Row
     from mailmapd.config import Config
 
+_MAX_LABELS = 127
+
 # Local parts Postfix never splits at the recipient delimiter (src/global/split_addr.c).
 _UNSPLIT = frozenset({"postmaster", "mailer-daemon", "double-bounce"})
 
@@ -96,7 +98,11 @@ def transport_variants(key: str, delimiters: str) -> list[str]:
     if at >= 0:
         keys.extend(v.key for v in address_variants(key, delimiters) if not v.key.startswith("@"))
     name = key[at + 1 :]
-    while name:
+    # A domain name has at most 127 labels (RFC 1035: 255 octets); a longer key names none
+    # of them, and walking every "parent" of a 10,000-byte key would cost thousands of queries.
+    for _ in range(_MAX_LABELS):
+        if not name:
+            break
         keys.append(name)
         dot = name.find(".", 1)
         if dot < 0:

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # listen(2) backlog for every listener: Postfix opens connections in bursts.
 _BACKLOG = 1024
+# Requests answered in one go from data_received, or between two yields of a worker.
+_SYNC_BUDGET = 64
 
 _RESULT_LABELS: dict[type, str] = {Found: "found", NotFound: "notfound", TempFail: "temp", PermFail: "perm"}
 
@@ -176,12 +178,16 @@ class _Connection(asyncio.Protocol):
         self._loop = server.loop
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
-        self._queue: deque[bytes] | None = None  # not None while a worker task runs
+        # Requests waiting behind one that needs the database: raw frames, or the job the
+        # first of them became. Not None while a worker task runs.
+        self._queue: deque[Any] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._read_paused = False
         self._write_paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
         self._aborted = False
         self.closing = False
 
@@ -220,62 +226,82 @@ class _Connection(asyncio.Protocol):
         except ProtocolError as exc:
             self._malformed(exc)
             return
-        for frame in frames:
-            if self._queue is not None:
-                self._queue.append(frame)
-                continue
-            try:
-                out = self._handler.start(frame)
-            except ProtocolError as exc:
-                self._malformed(exc)
-                return
-            if isinstance(out, bytes):
-                self._write(out)
-                continue
-            if isinstance(out, Job) and (cached := self._server.resolver.cached(out.table, out.key)) is not None:
-                self._answer(out, cached)
-            else:
+        if self._queue is not None:
+            self._queue.extend(frames)
+        else:
+            # Answer at once what needs no waiting (a cache hit, a key that cannot exist), up
+            # to a budget: one client's pipelined burst must not hold the loop from the others.
+            done = 0
+            for frame in frames:
+                if done >= _SYNC_BUDGET or self._write_paused:
+                    break
+                try:
+                    out = self._handler.start(frame)
+                except ProtocolError as exc:
+                    self._malformed(exc)
+                    return
+                if not self._answer_now(out):
+                    self._queue = deque([out])
+                    done += 1
+                    break
+                done += 1
+            if self._queue is None and done < len(frames):
                 self._queue = deque()
-                self._worker = self._loop.create_task(self._work(out))
+            if self._queue is not None:
+                self._queue.extend(frames[done:])
+                self._worker = self._loop.create_task(self._work())
         if self._queue is not None and len(self._queue) >= self._server.cfg.max_pipelined:
             self._set_reading(paused=True)
+
+    def _answer_now(self, out: bytes | Job | PolicyJob) -> bool:
+        """Write the reply if it is known without waiting; False when the job must wait."""
+        if isinstance(out, bytes):
+            self._write(out)
+            return True
+        if isinstance(out, Job) and (cached := self._server.resolver.cached(out.table, out.key)) is not None:
+            self._answer(out, cached)
+            return True
+        return False
 
     def pause_writing(self) -> None:
         # The peer does not read its replies: stop reading its requests until it does.
         self._write_paused = True
+        self._writable.clear()
         self._update_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._writable.set()
         self._update_reading()
 
     # ---------------------------------------------------------------- answering
 
-    async def _work(self, job: Job | PolicyJob) -> None:
+    async def _work(self) -> None:
+        """Answer the queue in order: frames (bytes) still to parse, or jobs already parsed."""
         queue = self._queue
         assert queue is not None
+        handled = 0
         try:
-            while True:
-                if isinstance(job, Job):
-                    self._answer(job, await self._resolve(job))
-                else:
-                    self._write(await self._decide(job))
-                next_job = None
-                while queue and next_job is None:
+            while queue:
+                if self._write_paused:
+                    await self._writable.wait()  # the peer reads again (or the connection ends)
+                item = queue.popleft()
+                if not isinstance(item, Job | PolicyJob):  # a raw frame: parse it now
                     try:
-                        out = self._handler.start(queue.popleft())
+                        item = self._handler.start(item)
                     except ProtocolError as exc:
                         self._malformed(exc)
                         return
-                    if isinstance(out, bytes):
-                        self._write(out)
-                    else:
-                        next_job = out
+                if not self._answer_now(item):
+                    if isinstance(item, Job):
+                        self._answer(item, await self._resolve(item))
+                    elif isinstance(item, PolicyJob):
+                        self._write(await self._decide(item))
+                handled += 1
+                if handled % _SYNC_BUDGET == 0:
+                    await asyncio.sleep(0)  # let the other connections in
                 if self._read_paused and len(queue) < self._server.cfg.max_pipelined // 2 + 1:
                     self._set_reading(paused=False)
-                if next_job is None:
-                    break
-                job = next_job
         finally:
             self._queue = None
             self._worker = None

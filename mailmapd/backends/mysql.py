@@ -65,6 +65,20 @@ class _Host:
     failed_until: float = 0.0
 
 
+# "Illegal mix of collations": the key has characters the column's character set cannot
+# hold (a tutorial table created in latin1 or utf8mb3, a key with an emoji or CJK text).
+_COLLATION_ERRORS = frozenset({1267, 1270, 1271})
+
+
+def _unrepresentable_key(exc: pymysql.err.MySQLError, params: Sequence[str]) -> bool:
+    """A non-ASCII key the column cannot even compare names no row: not found, not TEMP.
+
+    Only for non-ASCII keys: a query whose own columns clash fails for every key, and that
+    must stay a TEMP that a person sees, never a silent "not found".
+    """
+    return bool(exc.args) and exc.args[0] in _COLLATION_ERRORS and any(not p.isascii() for p in params)
+
+
 def _is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, pymysql.err.InterfaceError)):
         return True
@@ -157,6 +171,8 @@ class MySQLBackend:
         except pymysql.err.MySQLError as exc:
             if _is_connection_error(exc):
                 raise _LostConnectionError from exc
+            if _unrepresentable_key(exc, params):
+                return []
             raise self._query_error(host, exc) from exc
         except OSError as exc:
             raise _LostConnectionError from exc
