@@ -59,10 +59,6 @@ class Resolver:
         self._clock = clock
 
     @property
-    def map_names(self) -> list[str]:
-        return list(self._maps)
-
-    @property
     def cache(self) -> LookupCache:
         return self._cache
 
