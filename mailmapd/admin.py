@@ -569,6 +569,18 @@ def _like_domain(domain: str) -> str:
     return "%@" + domain
 
 
+async def _rows_of_domain(db: Db, select: str, column: str, domain_arg: str | None) -> list[Any]:
+    """``select``'s rows, only those whose address ``column`` is in the domain when one is
+    given; an unknown domain is "not found" (exit 1) rather than an empty list."""
+    if domain_arg is None:
+        return list(await db.rows(select))
+    domain = normalize_domain(domain_arg)
+    rows = list(await db.rows(f"{select} WHERE {column} LIKE ?", _like_domain(domain)))
+    if not rows and not await db.domain_exists(domain):
+        raise AdminError(EXIT_NOT_FOUND, f"no domain {show_domain(domain)}")
+    return rows
+
+
 # --------------------------------------------------------------------------- domain
 
 
@@ -714,16 +726,7 @@ async def user_quota(db: Db, args: argparse.Namespace) -> Result:
 
 
 async def user_list(db: Db, args: argparse.Namespace) -> Result:
-    sql = "SELECT email, password, quota FROM users"
-    params: tuple[str, ...] = ()
-    domain = None
-    if args.domain is not None:
-        domain = normalize_domain(args.domain)
-        sql += " WHERE email LIKE ?"
-        params = (_like_domain(domain),)
-    rows = await db.rows(sql, *params)
-    if domain is not None and not rows and not await db.domain_exists(domain):
-        raise AdminError(EXIT_NOT_FOUND, f"no domain {show_domain(domain)}")
+    rows = await _rows_of_domain(db, "SELECT email, password, quota FROM users", "email", args.domain)
     entries = sorted(
         (
             (str(email), None if quota is None else int(quota), password_scheme(None if pw is None else str(pw)))
@@ -809,16 +812,7 @@ async def alias_remove(db: Db, args: argparse.Namespace) -> Result:
 
 
 async def alias_list(db: Db, args: argparse.Namespace) -> Result:
-    sql = "SELECT source, destination FROM forwardings"
-    params: tuple[str, ...] = ()
-    domain = None
-    if args.domain is not None:
-        domain = normalize_domain(args.domain)
-        sql += " WHERE source LIKE ?"
-        params = (_like_domain(domain),)
-    rows = await db.rows(sql, *params)
-    if domain is not None and not rows and not await db.domain_exists(domain):
-        raise AdminError(EXIT_NOT_FOUND, f"no domain {show_domain(domain)}")
+    rows = await _rows_of_domain(db, "SELECT source, destination FROM forwardings", "source", args.domain)
     entries = sorted(
         ((str(s), [d.strip() for d in str(dest or "").split(",") if d.strip()]) for s, dest in rows),
         key=lambda e: (_domain_of(e[0]), e[0].lower()),
