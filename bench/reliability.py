@@ -84,7 +84,15 @@ async def run_case(case: str, seconds: float, connections: int, keys: int) -> As
     elif case == "slow":
         for mode in ("lock", "pause"):
             async with fresh_mariadb() as (db, work):
-                yield await rs.case_db_slow(db, work, mode=mode, seconds=half, stall=half / 2, connections=connections)
+                yield await rs.case_db_slow(
+                    db,
+                    work,
+                    mode=mode,
+                    seconds=half,
+                    stall=half / 2,
+                    connections=connections,
+                    other_tables_must_answer=mode == "lock",
+                )
     elif case == "failover":
         for mode in ("refused", "hung"):
             async with fresh_mariadb() as (db, work):

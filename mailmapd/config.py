@@ -98,8 +98,8 @@ class DatabaseConfig:
     connect_timeout: float = 3.0
     # Seconds a failed host is skipped (mysql_table(5) retry_interval).
     retry_interval: float = 60.0
-    # Connections kept per host (MySQL only).
-    pool_size: int = 10
+    # Connections each query keeps per host (MySQL only).
+    pool_size: int = 5
     # Seconds after which an idle pooled connection is replaced; keep it under the
     # server's wait_timeout (28800 s by default) so a dropped connection is never used.
     pool_recycle: float = 600.0

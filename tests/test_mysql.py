@@ -174,3 +174,31 @@ async def test_wrong_password_is_a_connection_failure_and_fails_over(
         assert "Access denied" in caplog.text  # said at the default log level
     finally:
         await backend.close()
+
+
+async def test_a_stalled_query_holds_only_its_own_lanes_connections(
+    private_mariadb: MariaDB, own_db: DatabaseAccount
+) -> None:
+    """users locked; lookups on it give up at their deadline again and again: they hold at most
+    pool_size connections (the given-up queries keep theirs until they finish, no new one per
+    lookup), a query on another table is answered meanwhile, and the stalled ones are answered
+    once the lock goes."""
+    from tests.reliability_support import threads_connected, users_locked  # noqa: PLC0415 - helpers of that suite
+
+    cfg = make_config(mysql_url(own_db), database={"url": mysql_url(own_db), "pool_size": 2})
+    backend = MySQLBackend(cfg.database)
+    users = "SELECT email FROM users WHERE email = %s"
+    domains = "SELECT domain FROM domains WHERE domain = %s"
+    try:
+        assert await backend.fetch(domains, ["example.test"]) == [("example.test",)]
+        with users_locked(own_db):
+            before = threads_connected(private_mariadb)
+            for _ in range(10):
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(backend.fetch(users, ["sales@example.test"]), 0.05)
+            assert await asyncio.wait_for(backend.fetch(domains, ["example.test"]), 1.0) == [("example.test",)]
+            # The users lane opened its 2 connections; the domains lane reused its own.
+            assert threads_connected(private_mariadb) - before == 2
+        assert await asyncio.wait_for(backend.fetch(users, ["sales@example.test"]), 5.0) == [("sales@example.test",)]
+    finally:
+        await backend.close()

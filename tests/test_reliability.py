@@ -48,22 +48,12 @@ async def test_database_slow(private_mariadb: MariaDB, tmp_path: Path, mode: str
     assert passed(report), report.render()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation: one connection pool per host, so lookups stuck on a locked table hold "
-    "every pooled connection until their deadline (docs/reliability.md)",
-)
 async def test_lock_on_one_table_leaves_the_other_tables_answering(private_mariadb: MariaDB, tmp_path: Path) -> None:
     """Issue 8: "Database slow (queries stalled by a held lock): ... other maps ... keep answering".
 
     With users locked, uncached lookups of domains and transports (tables nobody locked) must
-    still be answered.
+    still be answered: each map's query has its own connections (backends/mysql.py, _Lane).
     """
-    # KNOWN LIMITATION: they answer TEMP ("database did not answer within 1s"). All maps share one pool of
-    # database.pool_size connections per host (backends/mysql.py); the lookups stuck on the
-    # locked users table hold every pooled connection until their deadline, so a domains lookup
-    # waits for a connection, not for its table, and times out. Postfix's own mysql: tables each
-    # keep their own connection, so a lock on users does not stall virtual_mailbox_domains there.
     report = await rs.case_db_slow(
         private_mariadb, tmp_path, mode="lock", seconds=4.0, stall=2.0, connections=20, other_tables_must_answer=True
     )
@@ -73,25 +63,25 @@ async def test_lock_on_one_table_leaves_the_other_tables_answering(private_maria
 # --------------------------------------------------------------------------- 3. one host down
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        "refused",
-        pytest.param(
-            "hung",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="known race: aiomysql's connect can lose the connect_timeout cancellation against a host "
-                "that accepts and never greets, so an occasional lookup waits for lookup.timeout "
-                "(docs/reliability.md, Known problems)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("mode", ["refused", "hung"])
 async def test_one_host_of_two_down_fails_over(private_mariadb: MariaDB, tmp_path: Path, mode: str) -> None:
     """The URL's first host refuses connections, or accepts and never answers; retry_interval 1 s
     makes every second another first attempt. No lookup answers TEMP."""
     report = await rs.case_failover(private_mariadb, tmp_path, mode=mode, seconds=3.0, connections=20)
+    assert passed(report), report.render()
+
+
+async def test_hung_host_with_no_retry_interval_never_costs_a_lookup(private_mariadb: MariaDB, tmp_path: Path) -> None:
+    """The first host accepts and never greets, and retry_interval 0 sends every lookup to it
+    first: 50 clients, each lookup waits connect_timeout there and then fails over. No TEMP.
+
+    Was a race (fixed): aiomysql's connect used asyncio.wait_for, which on Python 3.11 can
+    swallow the cancellation of connect_timeout as the TCP connect completes, so a lookup
+    waited for the silent host's greeting until its own deadline and answered TEMP.
+    """
+    report = await rs.case_failover(
+        private_mariadb, tmp_path, mode="hung", seconds=3.0, connections=50, retry_interval=0.0
+    )
     assert passed(report), report.render()
 
 

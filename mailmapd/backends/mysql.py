@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiomysql
@@ -57,11 +57,40 @@ class _LostConnectionError(Exception):
     """The connection broke while a query ran."""
 
 
+class _Lane:
+    """The connections one query may hold on one host: its own ``pool_size``.
+
+    Each query (each map's, in practice) gets its own, as each of Postfix's mysql: tables keeps
+    its own connection: lookups stuck on a locked table then hold only their own connections,
+    and the other maps keep answering.
+    """
+
+    __slots__ = ("idle", "slots")
+
+    def __init__(self, size: int) -> None:
+        self.idle: list[tuple[Any, float]] = []  # (connection, when it was last given back)
+        self.slots = asyncio.Semaphore(size)  # connections in use, being opened, or idle
+
+    def take(self, now: float, recycle: float) -> Any:
+        """An idle connection fit to use, or None."""
+        while self.idle:
+            conn, since = self.idle.pop()
+            if not conn.closed and now - since < recycle:
+                return conn
+            conn.close()
+        return None
+
+    def close_idle(self) -> None:
+        for conn, _ in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
 @dataclass(slots=True)
 class _Host:
     label: str
     kwargs: dict[str, Any]
-    pool: Any = None  # aiomysql.Pool, created on first use
+    lanes: dict[str, _Lane] = field(default_factory=dict)  # by SQL text: a bounded set
     failed_until: float = 0.0
 
 
@@ -70,13 +99,13 @@ class _Host:
 _COLLATION_ERRORS = frozenset({1267, 1270, 1271})
 
 
-def _unrepresentable_key(exc: pymysql.err.MySQLError, params: Sequence[str]) -> bool:
+def _unrepresentable_key(exc: pymysql.err.MySQLError, params: Sequence[object]) -> bool:
     """A non-ASCII key the column cannot even compare names no row: not found, not TEMP.
 
     Only for non-ASCII keys: a query whose own columns clash fails for every key, and that
     must stay a TEMP that a person sees, never a silent "not found".
     """
-    return bool(exc.args) and exc.args[0] in _COLLATION_ERRORS and any(not p.isascii() for p in params)
+    return bool(exc.args) and exc.args[0] in _COLLATION_ERRORS and any(isinstance(p, str) and not p.isascii() for p in params)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -98,6 +127,7 @@ class MySQLBackend:
             "db": url.database,
             "charset": "utf8mb4",
             "autocommit": True,
+            # aiomysql's own timeout covers only the TCP connect; _connect() bounds the rest.
             "connect_timeout": cfg.connect_timeout,
         }
         hosts: list[_Host] = []
@@ -110,38 +140,34 @@ class MySQLBackend:
         self._retry_interval = cfg.retry_interval
         self._connect_timeout = cfg.connect_timeout
         self._clock = clock
-        self._locks = {h.label: asyncio.Lock() for h in hosts}
+        self._running: set[asyncio.Task[Any]] = set()  # queries and connects, also those given up on
+        self._closed = False
 
     def _candidates(self) -> list[_Host]:
         now = self._clock()
         usable = [h for h in self._hosts if h.failed_until <= now]
         return usable or sorted(self._hosts, key=lambda h: h.failed_until)
 
-    async def _pool(self, host: _Host) -> Any:
-        if host.pool is None:
-            async with self._locks[host.label]:
-                if host.pool is None:
-                    host.pool = await aiomysql.create_pool(
-                        minsize=0,
-                        maxsize=self._pool_size,
-                        pool_recycle=self._recycle,
-                        **host.kwargs,
-                    )
-        return host.pool
-
     async def fetch(self, sql: str, params: Sequence[str]) -> list[Row]:
+        rows, _ = await self._on_first_host(sql, params)
+        return rows
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run a statement that changes data (admin commands) on the first host that answers."""
+        _, count = await self._on_first_host(sql, params)
+        return count
+
+    async def _on_first_host(self, sql: str, params: Sequence[object]) -> tuple[list[Row], int]:
         last: BaseException | None = None
         for host in self._candidates():
             try:
                 try:
-                    return await self._fetch_on(host, sql, params)
+                    return await self._run_on(host, sql, params)
                 except _LostConnectionError:
                     # A pooled connection the server had closed (wait_timeout, restart):
                     # one more try on a fresh connection before blaming the host.
-                    return await self._fetch_on(host, sql, params)
-            except _ConnectError as exc:
-                last = exc.__cause__ or exc
-            except _LostConnectionError as exc:
+                    return await self._run_on(host, sql, params, fresh=True)
+            except (_ConnectError, _LostConnectionError) as exc:
                 last = exc.__cause__ or exc
             if host.failed_until <= self._clock():
                 log.warning(
@@ -150,66 +176,117 @@ class MySQLBackend:
             host.failed_until = self._clock() + self._retry_interval
         raise BackendError("connect", f"no database host answered: {_describe(last)}")
 
-    async def _fetch_on(self, host: _Host, sql: str, params: Sequence[str]) -> list[Row]:
-        pool = await self._pool(host)
-        # connect_timeout bounds the whole set-up of a new connection (TCP, greeting, login),
-        # not only the TCP connect: a host that accepts but never answers must fail over too.
-        # Waiting for a busy pool's free connection is not the host's fault: the lookup
-        # deadline bounds that.
-        opens_new = pool.freesize == 0 and pool.size < pool.maxsize
+    async def _run_on(
+        self, host: _Host, sql: str, params: Sequence[object], *, fresh: bool = False
+    ) -> tuple[list[Row], int]:
+        lane = host.lanes.get(sql)
+        if lane is None:
+            lane = host.lanes[sql] = _Lane(self._pool_size)
+        # Waiting for a busy lane is not the host's fault: the lookup deadline bounds it.
+        await lane.slots.acquire()
         try:
-            async with asyncio.timeout(self._connect_timeout if opens_new else None):
-                conn = await pool.acquire()
-        except (OSError, TimeoutError, pymysql.err.MySQLError) as exc:
-            if isinstance(exc, pymysql.err.MySQLError) and not _is_connection_error(exc):
-                raise self._query_error(host, exc) from exc
-            raise _ConnectError from exc
-        try:
-            async with conn.cursor() as cur:
-                await cur.execute(sql, tuple(params))
-                rows: list[Row] = list(await cur.fetchall())
-        except pymysql.err.MySQLError as exc:
-            if _is_connection_error(exc):
-                raise _LostConnectionError from exc
-            if _unrepresentable_key(exc, params):
-                return []
-            raise self._query_error(host, exc) from exc
-        except OSError as exc:
-            raise _LostConnectionError from exc
-        finally:
-            pool.release(conn)
+            if fresh:
+                lane.close_idle()  # after a server restart every idle connection is dead
+            conn = lane.take(self._clock(), self._recycle) or await self._connect(host)
+        except BaseException:
+            lane.slots.release()
+            raise
+        # The query runs as a task of its own, shielded: a lookup that gives up at its
+        # deadline leaves it to finish and hand its connection back, so a stalled table holds
+        # at most pool_size connections instead of a new one per lookup.
+        query = asyncio.get_running_loop().create_task(_query(conn, sql, params))
+        self._running.add(query)
+        query.add_done_callback(lambda task: self._settle(task, lane, conn))
+        result = await asyncio.shield(query)
         if host.failed_until:
             log.info("mysql %s: answering again", host.label)
             host.failed_until = 0.0
-        return rows
+        if isinstance(result, pymysql.err.MySQLError):
+            if _unrepresentable_key(result, params):
+                return [], 0
+            raise self._query_error(host, result) from result
+        return result
+
+    def _settle(self, task: asyncio.Task[Any], lane: _Lane, conn: Any) -> None:
+        """A query ended: its connection goes back to the lane, or is closed when it broke."""
+        self._running.discard(task)
+        lane.slots.release()
+        if task.cancelled() or task.exception() is not None or self._closed:
+            conn.close()
+        else:
+            lane.idle.append((conn, self._clock()))
+
+    async def _connect(self, host: _Host) -> Any:
+        """A new connection within connect_timeout (TCP, greeting and login), or _ConnectError.
+
+        The connect runs as a task waited on with asyncio.wait: on Python 3.11, aiomysql's
+        asyncio.wait_for can swallow a cancellation that arrives as the TCP connect completes,
+        and the lookup would then wait on a host that never greets until its own deadline.
+        """
+        attempt = asyncio.get_running_loop().create_task(aiomysql.connect(**host.kwargs))
+        try:
+            done, _ = await asyncio.wait({attempt}, timeout=self._connect_timeout)
+        finally:
+            if not attempt.done():
+                self._abandon(attempt)
+        if not done:
+            raise _ConnectError from TimeoutError(f"no greeting and login within {self._connect_timeout:g}s")
+        exc = attempt.exception()
+        if exc is None:
+            return attempt.result()
+        if isinstance(exc, pymysql.err.MySQLError) and not _is_connection_error(exc):
+            raise self._query_error(host, exc) from exc
+        if isinstance(exc, OSError | pymysql.err.MySQLError):
+            raise _ConnectError from exc
+        raise exc
+
+    def _abandon(self, attempt: asyncio.Task[Any]) -> None:
+        """Cancel a connect given up on; whatever it still opens is closed."""
+        self._running.add(attempt)
+        attempt.cancel()
+        # Cancel again later in case the first cancellation was swallowed (see _connect).
+        asyncio.get_running_loop().call_later(self._connect_timeout, attempt.cancel)
+
+        def closed(task: asyncio.Task[Any]) -> None:
+            self._running.discard(task)
+            if not task.cancelled() and task.exception() is None:
+                task.result().close()
+
+        attempt.add_done_callback(closed)
 
     def _query_error(self, host: _Host, exc: pymysql.err.MySQLError) -> BackendError:
         """The query itself failed (a bad custom query, a missing table): another host would
         answer the same, so no failover. The resolver logs it."""
         return BackendError("query", f"mysql {host.label}: {_describe(exc)}")
 
-    async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
-        """Run a statement that changes data (admin commands) on the first host that answers."""
-        last: BaseException | None = None
-        for host in self._candidates():
-            try:
-                pool = await self._pool(host)
-                async with pool.acquire() as conn, conn.cursor() as cur:
-                    return int(await cur.execute(sql, tuple(params)))
-            except pymysql.err.MySQLError as exc:
-                if not _is_connection_error(exc):
-                    raise BackendError("query", f"mysql {host.label}: {exc.args[-1]}") from exc
-                last = exc
-            except OSError as exc:
-                last = exc
-        raise BackendError("connect", f"no database host answered: {_describe(last)}")
-
     async def close(self) -> None:
+        self._closed = True
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.wait(list(self._running))
         for host in self._hosts:
-            if host.pool is not None:
-                pool, host.pool = host.pool, None
-                pool.close()
-                await pool.wait_closed()
+            for lane in host.lanes.values():
+                lane.close_idle()
+            host.lanes.clear()
+
+
+async def _query(conn: Any, sql: str, params: Sequence[object]) -> tuple[list[Row], int] | pymysql.err.MySQLError:
+    """Rows and row count, or the error of a query the server refused (the connection is fine).
+
+    Raises _LostConnectionError when the connection broke, which also closes it (_settle).
+    """
+    try:
+        async with conn.cursor() as cur:
+            count = await cur.execute(sql, tuple(params))
+            rows: list[Row] = list(await cur.fetchall())
+    except pymysql.err.MySQLError as exc:
+        if _is_connection_error(exc):
+            raise _LostConnectionError from exc
+        return exc
+    except OSError as exc:
+        raise _LostConnectionError from exc
+    return rows, int(count)
 
 
 def _describe(exc: BaseException | None) -> str:
