@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
 
+from cachetools import TTLCache
+
 from mailmapd.config import QuotaConfig
 from mailmapd.maildir import Usage, maildir_usage
 from mailmapd.metrics import Metrics
@@ -31,6 +33,9 @@ DUNNO = "DUNNO"
 # Postfix stops alias recursion at virtual_alias_recursion_limit (1000); a real alias chain
 # is a few levels deep, and past this the policy simply lets Postfix decide.
 MAX_ALIAS_DEPTH = 20
+
+# Mailboxes whose usage is kept at most; past it the least recently used goes.
+_USAGE_CACHE_SIZE = 100_000
 
 
 class Lookups(Protocol):
@@ -66,7 +71,10 @@ class QuotaPolicy:
         self._metrics = metrics
         self._usage_function = usage
         self._clock = clock
-        self._usage_cache: dict[tuple[str, int], tuple[Usage, float]] = {}
+        # Each mailbox's usage, reused for usage_cache_ttl seconds; bounded (LRU past the size).
+        self._usage_cache: TTLCache[tuple[str, int], Usage] = TTLCache(
+            maxsize=_USAGE_CACHE_SIZE, ttl=cfg.usage_cache_ttl, timer=clock
+        )
         self._scans: dict[tuple[str, int], asyncio.Task[Usage]] = {}
 
     async def decide(self, request: dict[str, str]) -> str:
@@ -175,8 +183,8 @@ class QuotaPolicy:
     async def _usage(self, path: str, limit: int) -> Usage:
         key = (path, limit)
         cached = self._usage_cache.get(key)
-        if cached is not None and self._clock() < cached[1]:
-            return cached[0]
+        if cached is not None:
+            return cached
         task = self._scans.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._scan(path, limit))
@@ -192,9 +200,8 @@ class QuotaPolicy:
             raise _DeferError(f"cannot read the mailbox: {exc.strerror or exc}") from exc
         if self._metrics is not None:
             self._metrics.quota_scan_seconds.labels(usage.source).observe(time.perf_counter() - started)
-        if len(self._usage_cache) > 100_000:  # noqa: PLR2004 - bound the memory
-            self._usage_cache.clear()
-        self._usage_cache[(path, limit)] = (usage, self._clock() + self._cfg.usage_cache_ttl)
+        if self._cfg.usage_cache_ttl > 0:
+            self._usage_cache[(path, limit)] = usage
         return usage
 
 
