@@ -57,6 +57,10 @@ class _LostConnectionError(Exception):
     """The connection broke while a query ran."""
 
 
+class _BusyHostError(Exception):
+    """This host's connections for the query stayed busy, or it failed meanwhile: next host."""
+
+
 class _Lane:
     """The connections one query may hold on one host: its own ``pool_size``.
 
@@ -65,11 +69,12 @@ class _Lane:
     and the other maps keep answering.
     """
 
-    __slots__ = ("idle", "slots")
+    __slots__ = ("connecting", "idle", "slots")
 
     def __init__(self, size: int) -> None:
         self.idle: list[tuple[Any, float]] = []  # (connection, when it was last given back)
-        self.slots = asyncio.Semaphore(size)  # connections in use, being opened, or idle
+        self.slots = asyncio.Semaphore(size)  # connections in use or being opened
+        self.connecting = 0  # of which being opened
 
     def take(self, now: float, recycle: float) -> Any:
         """An idle connection fit to use, or None."""
@@ -105,7 +110,11 @@ def _unrepresentable_key(exc: pymysql.err.MySQLError, params: Sequence[object]) 
     Only for non-ASCII keys: a query whose own columns clash fails for every key, and that
     must stay a TEMP that a person sees, never a silent "not found".
     """
-    return bool(exc.args) and exc.args[0] in _COLLATION_ERRORS and any(isinstance(p, str) and not p.isascii() for p in params)
+    return (
+        bool(exc.args)
+        and exc.args[0] in _COLLATION_ERRORS
+        and any(isinstance(p, str) and not p.isascii() for p in params)
+    )
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -159,14 +168,18 @@ class MySQLBackend:
 
     async def _on_first_host(self, sql: str, params: Sequence[object]) -> tuple[list[Row], int]:
         last: BaseException | None = None
-        for host in self._candidates():
+        candidates = self._candidates()
+        for host in candidates:
+            spare = host is not candidates[-1]  # another host could take the query
             try:
                 try:
-                    return await self._run_on(host, sql, params)
+                    return await self._run_on(host, sql, params, spare=spare)
                 except _LostConnectionError:
                     # A pooled connection the server had closed (wait_timeout, restart):
                     # one more try on a fresh connection before blaming the host.
-                    return await self._run_on(host, sql, params, fresh=True)
+                    return await self._run_on(host, sql, params, spare=spare, fresh=True)
+            except _BusyHostError:
+                continue
             except (_ConnectError, _LostConnectionError) as exc:
                 last = exc.__cause__ or exc
             if host.failed_until <= self._clock():
@@ -177,17 +190,36 @@ class MySQLBackend:
         raise BackendError("connect", f"no database host answered: {_describe(last)}")
 
     async def _run_on(
-        self, host: _Host, sql: str, params: Sequence[object], *, fresh: bool = False
+        self, host: _Host, sql: str, params: Sequence[object], *, spare: bool, fresh: bool = False
     ) -> tuple[list[Row], int]:
         lane = host.lanes.get(sql)
         if lane is None:
             lane = host.lanes[sql] = _Lane(self._pool_size)
-        # Waiting for a busy lane is not the host's fault: the lookup deadline bounds it.
-        await lane.slots.acquire()
+        # Waiting for a busy lane is not the host's fault: on the last host the lookup
+        # deadline bounds it. With a spare host, a lookup waits at most connect_timeout, and
+        # none goes on to a host that others found failing while it waited: queued behind the
+        # connects to a silent host, it would reach the next host too late.
+        if spare and lane.connecting and lane.slots.locked():
+            raise _BusyHostError  # others are still finding out whether this host answers
+        marked = host.failed_until
+        try:
+            async with asyncio.timeout(self._connect_timeout if spare else None):
+                await lane.slots.acquire()
+        except TimeoutError:
+            raise _BusyHostError from None
+        if spare and host.failed_until > max(marked, self._clock()):  # marked while we waited
+            lane.slots.release()
+            raise _BusyHostError
         try:
             if fresh:
                 lane.close_idle()  # after a server restart every idle connection is dead
-            conn = lane.take(self._clock(), self._recycle) or await self._connect(host)
+            conn = lane.take(self._clock(), self._recycle)
+            if conn is None:
+                lane.connecting += 1
+                try:
+                    conn = await self._connect(host)
+                finally:
+                    lane.connecting -= 1
         except BaseException:
             lane.slots.release()
             raise
