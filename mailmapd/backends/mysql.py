@@ -202,11 +202,14 @@ class MySQLBackend:
         if spare and lane.connecting and lane.slots.locked():
             raise _BusyHostError  # others are still finding out whether this host answers
         marked = host.failed_until
-        try:
-            async with asyncio.timeout(self._connect_timeout if spare else None):
-                await lane.slots.acquire()
-        except TimeoutError:
-            raise _BusyHostError from None
+        if spare and lane.slots.locked():
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    await lane.slots.acquire()
+            except TimeoutError:
+                raise _BusyHostError from None
+        else:
+            await lane.slots.acquire()
         if spare and host.failed_until > max(marked, self._clock()):  # marked while we waited
             lane.slots.release()
             raise _BusyHostError
