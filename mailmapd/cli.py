@@ -15,7 +15,7 @@ from mailmapd import __version__
 from mailmapd.backends import open_backend
 from mailmapd.config import DEFAULT_CONFIG_PATH, MAP_NAMES, Config, ConfigError, load_config
 from mailmapd.control import send_command
-from mailmapd.daemon import make_resolver, serve
+from mailmapd.daemon import event_loop_factory, make_resolver, serve
 from mailmapd.proto import Found, NotFound, PermFail, TempFail
 from mailmapd.sdactivation import SocketActivationError
 
@@ -121,7 +121,8 @@ def setup_logging(level: str) -> None:
 
 def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
     try:
-        asyncio.run(serve(cfg))
+        with asyncio.Runner(loop_factory=event_loop_factory(cfg.server.event_loop)) as runner:
+            runner.run(serve(cfg))
     except (ConfigError, SocketActivationError) as exc:
         print(f"mailmapd: {cfg.path}: {exc}", file=sys.stderr)
         return os.EX_CONFIG

@@ -7,6 +7,7 @@ impossible value raises ConfigError naming the file and the key's dotted path.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import re
@@ -141,7 +142,7 @@ class CacheConfig:
     positive_ttl: float = 60.0
     # Seconds a "not found" answer is reused (short: a new user should not wait long).
     negative_ttl: float = 10.0
-    # Entries kept at most; the least recently used go first.
+    # Entries kept at most; past it the less recently used half goes (mailmapd.cache).
     max_entries: int = 1_000_000
     # Seconds past its TTL an answer may still be served while the database fails;
     # 0 turns serving stale answers off.
@@ -184,6 +185,9 @@ class ServerConfig:
     # The unix socket `mailmapd flush` talks to; "" turns it off. Mode 0600: only the
     # daemon's user (and root) may use it.
     control_socket: str = "/run/mailmapd/control.sock"
+    # The event loop `mailmapd serve` runs on: "auto" is uvloop when it is installed, else
+    # asyncio's own; "uvloop" requires it; "asyncio" never uses it.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +290,8 @@ def _parse(data: dict[str, Any], name: str) -> Config:
     _positive(server.idle_timeout, "server.idle_timeout")
     _positive(server.max_pipelined, "server.max_pipelined")
     _not_negative(server.shutdown_timeout, "server.shutdown_timeout")
+    if server.event_loop == "uvloop" and not _importable("uvloop"):
+        raise ConfigError('server.event_loop: "uvloop" is not installed (pip install uvloop); use "auto" or "asyncio"')
 
     maps: dict[str, MapConfig] = {}
     for map_name, section in _table(data.get("maps", {}), "maps").items():
@@ -516,6 +522,14 @@ def _coerce(value: object, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string")
         return value
     raise ConfigError(f"{where}: unsupported value")  # pragma: no cover - a config field type we forgot
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _positive(value: float, where: str) -> None:

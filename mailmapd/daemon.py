@@ -45,10 +45,10 @@ def make_handler(lc: ListenConfig, decide: Callable[[dict[str, str]], Awaitable[
 
 def make_resolver(cfg: Config, backend: Backend, metrics: Metrics | None = None) -> Resolver:
     """The resolver for ``cfg``, with a fresh cache bounded by ``cache.max_entries``."""
-    on_evict: Callable[[], None] = metrics.cache_evictions.inc if metrics is not None else (lambda: None)
+    on_evict: Callable[[int], object] = metrics.cache_evictions.inc if metrics is not None else (lambda _: None)
     maps = build_maps(cfg, backend)
-    policies = {name: CachePolicy(*cfg.ttls(name), cfg.cache.max_stale) for name in maps}
-    cache = LookupCache(cfg.cache.max_entries, on_evict=on_evict)
+    policies = {name: CachePolicy(*cfg.ttls(name)) for name in maps}
+    cache = LookupCache(cfg.cache.max_entries, max_stale=cfg.cache.max_stale, on_evict=on_evict)
     return Resolver(maps, cfg.lookup.timeout, cache=cache, policies=policies, metrics=metrics)
 
 
@@ -86,13 +86,12 @@ class App:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        exporter_stopped = asyncio.get_running_loop().create_task(self._stop_exporter())
         if self._control is not None:
             await self._control.stop()
         if self.server is not None:
             await self.server.stop()
-        if self._exporter is not None:
-            self._exporter[0].shutdown()
-            self._exporter = None
+        await exporter_stopped
         if self._backend is not None:
             await self._backend.close()
 
@@ -122,9 +121,7 @@ class App:
         self._backend = raw
         try:
             if self._exporter is None or new.metrics != self.cfg.metrics:
-                if self._exporter is not None:
-                    self._exporter[0].shutdown()
-                    self._exporter = None
+                await self._stop_exporter()
                 self._start_exporter(new)
             if self._control is not None:
                 await self._control.stop()
@@ -183,6 +180,19 @@ class App:
                 await self.server.listen(lc, make_handler(lc, self.decide))
         for address in current - wanted.keys():
             await self.server.close_listener(address)
+
+    async def _stop_exporter(self) -> None:
+        """Stop the metrics endpoint and free its port, in a thread: shutdown() waits for the
+        HTTP server's 0.5 s poll, which must hold up neither the loop nor a restart."""
+        if self._exporter is None:
+            return
+        httpd, self._exporter = self._exporter[0], None
+
+        def stop() -> None:
+            httpd.shutdown()
+            httpd.server_close()
+
+        await asyncio.to_thread(stop)
 
     def _start_exporter(self, cfg: Config) -> None:
         if not cfg.metrics.address:
@@ -264,11 +274,27 @@ async def start_server(cfg: Config, backend: Backend) -> Server:
     return server
 
 
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The loop ``server.event_loop`` asks for: uvloop's for "uvloop", and for "auto" when it
+    is installed (its loop and transports are C: less CPU per request, see bench/warm_path.py);
+    otherwise asyncio's own."""
+    if choice != "asyncio":
+        try:
+            import uvloop  # noqa: PLC0415 - optional: only where it is installed
+        except ImportError:
+            if choice == "uvloop":  # load_config refuses this already; a Config built by hand may not
+                raise ConfigError('server.event_loop: "uvloop" is not installed') from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
 async def serve(cfg: Config) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully; SIGHUP reloads the config file."""
     if not cfg.listen:
         log.warning("%s: no [[listen]] section: nothing to serve", cfg.path)
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s", "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio")
     stop = asyncio.Event()
     reloads: list[asyncio.Task[bool]] = []
     app = App(cfg)

@@ -18,10 +18,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from mailmapd.backends import BackendError
-from mailmapd.cache import CacheKey, LookupCache
+from mailmapd.cache import LookupCache
 from mailmapd.maps import Map
 from mailmapd.metrics import Metrics
 from mailmapd.proto import NOT_FOUND, Found, NotFound, PermFail, Result, TempFail
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 class CachePolicy:
     positive_ttl: float
     negative_ttl: float
-    max_stale: float
 
 
 class Resolver:
@@ -52,10 +50,9 @@ class Resolver:
         self._cache = cache if cache is not None else LookupCache(1, clock=clock)
         self._policies = dict(policies or {})
         self._metrics = metrics
-        self._inflight: dict[CacheKey, asyncio.Task[Result]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[Result]] = {}
         self._stale_logged = -1e9
         self._query_error_logged: dict[str, float] = {}
-        self._hit_children: dict[str, tuple[Any, Any]] = {}
         self._clock = clock
 
     @property
@@ -65,21 +62,12 @@ class Resolver:
     def cached(self, table: str, key: str) -> Result | None:
         """A fresh cached answer, or None. Synchronous: the hot path."""
         started = time.perf_counter()
-        result = self._cache.fresh((table, key))
+        result = self._cache.fresh(table, key)
         if result is not None and self._metrics is not None:
-            hits, seconds = self._hit_metrics(table)
-            hits.inc()
-            seconds.observe(time.perf_counter() - started)
+            # Lock-free (mailmapd.metrics.LoopCounter): about 0.5 us per hit, 0.1 of it the timing.
+            self._metrics.cache_hits.labels(table).inc()
+            self._metrics.lookup_seconds.labels(table, "cache").observe(time.perf_counter() - started)
         return result
-
-    def _hit_metrics(self, table: str) -> tuple[Any, Any]:
-        """The labelled children for a cache hit, looked up once per map (labels() is slow)."""
-        children = self._hit_children.get(table)
-        if children is None:
-            assert self._metrics is not None
-            children = (self._metrics.cache_hits.labels(table), self._metrics.lookup_seconds.labels(table, "cache"))
-            self._hit_children[table] = children  # only maps that were cached: bounded
-        return children
 
     async def resolve(self, table: str, key: str) -> Result:
         """Answer one lookup; never raises for a database problem."""
@@ -123,7 +111,7 @@ class Resolver:
         policy = self._policies.get(table)
         if policy is not None:
             ttl = policy.positive_ttl if isinstance(result, Found) else policy.negative_ttl
-            self._cache.put((table, key), result, ttl, policy.max_stale)
+            self._cache.put(table, key, result, ttl)
         if metrics is not None:
             metrics.backend_up.set(1)
         self._observe(table, "backend", started)
@@ -145,7 +133,7 @@ class Resolver:
             metrics.backend_errors.labels(reason).inc()
             if reason != "query":  # a broken custom query is not the database being down
                 metrics.backend_up.set(0)
-        stale = self._cache.stale((table, key))
+        stale = self._cache.stale(table, key)
         if stale is not None:
             now = self._clock()
             if now - self._stale_logged >= 60:  # noqa: PLR2004 - at most one line a minute

