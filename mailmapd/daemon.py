@@ -92,13 +92,15 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         exporter_stopped = asyncio.get_running_loop().create_task(self._stop_exporter())
-        if self._control is not None:
-            await self._control.stop()
-        if self.server is not None:
-            await self.server.stop()
-        await exporter_stopped
-        if self._backend is not None:
-            await self._backend.close()
+        try:
+            if self._control is not None:
+                await self._control.stop()
+            if self.server is not None:
+                await self.server.stop()
+        finally:
+            await exporter_stopped
+            if self._backend is not None:
+                await self._backend.close()
 
     async def reload(self, path: str) -> bool:
         """Re-read the config; on any error keep running on the old one. Flushes the cache."""

@@ -70,7 +70,6 @@ class QuotaPolicy:
         self._cfg = cfg
         self._metrics = metrics
         self._usage_function = usage
-        self._clock = clock
         # Each mailbox's usage, reused for usage_cache_ttl seconds; bounded (LRU past the size).
         self._usage_cache: TTLCache[tuple[str, int], Usage] = TTLCache(
             maxsize=_USAGE_CACHE_SIZE, ttl=cfg.usage_cache_ttl, timer=clock

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, ClassVar, Self
 
+import aiomysql
+import pymysql
 import pytest
 
 from mailmapd.backends import BackendError
@@ -200,5 +203,82 @@ async def test_a_stalled_query_holds_only_its_own_lanes_connections(
             # The users lane opened its 2 connections; the domains lane reused its own.
             assert threads_connected(private_mariadb) - before == 2
         assert await asyncio.wait_for(backend.fetch(users, ["sales@example.test"]), 5.0) == [("sales@example.test",)]
+    finally:
+        await backend.close()
+
+
+class _FakeCursor:
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    async def execute(self, _sql: str, _params: object) -> int:
+        await asyncio.sleep(0.001)
+        return 1
+
+    async def fetchall(self) -> list[tuple[str]]:
+        return [("x",)]
+
+
+class _FakeConnection:
+    """Stands in for an aiomysql connection: only what MySQLBackend uses."""
+
+    opened: ClassVar[list[_FakeConnection]] = []
+
+    def __init__(self) -> None:
+        self.closed = False
+        _FakeConnection.opened.append(self)
+
+    def cursor(self) -> _FakeCursor:
+        return _FakeCursor()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_lookups_passed_over_while_the_first_host_connects_return_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst bigger than pool_size while the first host is still opening its connections: the
+    lookups that went on to the second host, which is down, come back to the first and wait
+    for it, rather than answer TEMP."""
+
+    async def connect(**kwargs: object) -> _FakeConnection:
+        if kwargs["port"] == 3307:
+            raise pymysql.err.OperationalError(2003, "Can't connect to MySQL server")
+        await asyncio.sleep(0.05)
+        return _FakeConnection()
+
+    monkeypatch.setattr(aiomysql, "connect", connect)
+    url = "mysql://u:p@127.0.0.1:3306,127.0.0.1:3307/mail"
+    backend = MySQLBackend(make_config(url, database={"url": url, "pool_size": 2}).database)
+    try:
+        results = await asyncio.gather(*(backend.fetch("SELECT 1", ["k"]) for _ in range(10)), return_exceptions=True)
+        assert results == [[("x",)]] * 10
+    finally:
+        await backend.close()
+
+
+async def test_a_connect_finishing_as_its_lookup_is_cancelled_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lookup's deadline falls in the loop turn in which its new connection completes: the
+    connection is closed, not left open outside every pool."""
+    _FakeConnection.opened.clear()
+    lookup: asyncio.Future[list[Any]] | None = None
+
+    async def connect(**_: object) -> _FakeConnection:
+        await asyncio.sleep(0.01)
+        assert lookup is not None
+        asyncio.get_running_loop().call_soon(lookup.cancel)  # the deadline fires now
+        return _FakeConnection()
+
+    monkeypatch.setattr(aiomysql, "connect", connect)
+    url = "mysql://u:p@127.0.0.1:3306/mail"
+    backend = MySQLBackend(make_config(url, database={"url": url}).database)
+    try:
+        lookup = asyncio.ensure_future(backend.fetch("SELECT 1", ["k"]))
+        with pytest.raises(asyncio.CancelledError):
+            await lookup
+        await asyncio.sleep(0.01)
+        assert [c.closed for c in _FakeConnection.opened] == [True]
     finally:
         await backend.close()

@@ -1,7 +1,7 @@
 """MySQL and MariaDB through aiomysql: the production backend.
 
-One pool per host. Hosts are used in the order the URL lists them; a host that fails is
-skipped for ``retry_interval`` seconds while another host is available (mysql_table(5)'s
+Each query has its own few connections to each host (``_Lane``). Hosts are used in the
+order the URL lists them; a host that fails is skipped for ``retry_interval`` seconds while another host is available (mysql_table(5)'s
 ``hosts`` and ``retry_interval``). When every host is marked failed they are all tried
 again anyway, so a database that comes back is used at once rather than after the
 interval. A lost connection is retried once on a fresh connection to the same host before
@@ -158,27 +158,35 @@ class MySQLBackend:
         return usable or sorted(self._hosts, key=lambda h: h.failed_until)
 
     async def fetch(self, sql: str, params: Sequence[str]) -> list[Row]:
-        rows, _ = await self._on_first_host(sql, params)
+        rows, _ = await self._on_first_host(sql, params, retry=True)
         return rows
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
-        """Run a statement that changes data (admin commands) on the first host that answers."""
-        _, count = await self._on_first_host(sql, params)
+        """Run a statement that changes data (admin commands) on the first host that answers.
+
+        Not run again when the connection breaks: the server may have applied it already."""
+        _, count = await self._on_first_host(sql, params, retry=False)
         return count
 
-    async def _on_first_host(self, sql: str, params: Sequence[object]) -> tuple[list[Row], int]:
+    async def _on_first_host(self, sql: str, params: Sequence[object], *, retry: bool) -> tuple[list[Row], int]:
         last: BaseException | None = None
         candidates = self._candidates()
-        for host in candidates:
-            spare = host is not candidates[-1]  # another host could take the query
+        # spare: another host follows. A host passed over while busy is appended, to be asked
+        # again with no bound but the lookup's deadline if every later host fails too (the
+        # loop runs on over what is appended; spare=False cannot be passed over again).
+        order = [(host, host is not candidates[-1]) for host in candidates]
+        for host, spare in order:
             try:
                 try:
                     return await self._run_on(host, sql, params, spare=spare)
                 except _LostConnectionError:
+                    if not retry:
+                        raise
                     # A pooled connection the server had closed (wait_timeout, restart):
                     # one more try on a fresh connection before blaming the host.
                     return await self._run_on(host, sql, params, spare=spare, fresh=True)
             except _BusyHostError:
+                order.append((host, False))
                 continue
             except (_ConnectError, _LostConnectionError) as exc:
                 last = exc.__cause__ or exc
@@ -192,6 +200,8 @@ class MySQLBackend:
     async def _run_on(
         self, host: _Host, sql: str, params: Sequence[object], *, spare: bool, fresh: bool = False
     ) -> tuple[list[Row], int]:
+        if self._closed:
+            raise BackendError("connect", "the database connections are closed (stopping or reloaded)")
         lane = host.lanes.get(sql)
         if lane is None:
             lane = host.lanes[sql] = _Lane(self._pool_size)
@@ -259,12 +269,15 @@ class MySQLBackend:
         and the lookup would then wait on a host that never greets until its own deadline.
         """
         attempt = asyncio.get_running_loop().create_task(aiomysql.connect(**host.kwargs))
+        self._running.add(attempt)
+        attempt.add_done_callback(self._running.discard)
         try:
             done, _ = await asyncio.wait({attempt}, timeout=self._connect_timeout)
-        finally:
-            if not attempt.done():
-                self._abandon(attempt)
+        except BaseException:  # the lookup was cancelled, perhaps as the connect completed
+            self._abandon(attempt)
+            raise
         if not done:
+            self._abandon(attempt)
             raise _ConnectError from TimeoutError(f"no greeting and login within {self._connect_timeout:g}s")
         exc = attempt.exception()
         if exc is None:
@@ -276,14 +289,12 @@ class MySQLBackend:
         raise exc
 
     def _abandon(self, attempt: asyncio.Task[Any]) -> None:
-        """Cancel a connect given up on; whatever it still opens is closed."""
-        self._running.add(attempt)
+        """Cancel a connect given up on; whatever it opened or still opens is closed."""
         attempt.cancel()
         # Cancel again later in case the first cancellation was swallowed (see _connect).
         asyncio.get_running_loop().call_later(self._connect_timeout, attempt.cancel)
 
         def closed(task: asyncio.Task[Any]) -> None:
-            self._running.discard(task)
             if not task.cancelled() and task.exception() is None:
                 task.result().close()
 
