@@ -16,6 +16,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import prometheus_client.metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -80,7 +81,7 @@ class LoopCounter(Collector):
     def collect(self) -> Iterable[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, child in self._children.copy().items():
-            family.add_metric(values, child.value, created=child.created)
+            family.add_metric(values, child.value, created=child.created if _created_series() else None)
         yield family
 
 
@@ -144,7 +145,9 @@ class LoopHistogram(Collector):
                 cumulative += count
                 buckets.append((le, cumulative))
             family.add_metric(values, buckets, child.sum)
-            family.add_sample(f"{self.name}_created", dict(zip(self.labelnames, values, strict=True)), child.created)
+            if _created_series():
+                labels = dict(zip(self.labelnames, values, strict=True))
+                family.add_sample(f"{self.name}_created", labels, child.created)
         yield family
 
 
@@ -161,6 +164,12 @@ class HistogramChild:
         # Prometheus buckets are "less than or equal": the first bound >= value.
         self.counts[bisect_left(self._bounds, value)] += 1
         self.sum += value
+
+
+def _created_series() -> bool:
+    """Whether ``_created`` series are exported: prometheus_client's own switch
+    (PROMETHEUS_DISABLE_CREATED_SERIES, disable_created_metrics()), read as its metrics read it."""
+    return bool(prometheus_client.metrics._use_created)  # noqa: SLF001 - no public getter
 
 
 def _check_labels(names: tuple[str, ...], values: tuple[str, ...]) -> None:

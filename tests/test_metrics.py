@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 
+import prometheus_client.metrics
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.registry import DuplicateTimeseries
@@ -21,6 +22,13 @@ def exposition(registry: CollectorRegistry) -> str:
     return CREATED.sub(r"\1 T", generate_latest(registry).decode())
 
 
+@pytest.fixture(params=[True, False], ids=["created", "no-created"])
+def created_series(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With and without _created series (PROMETHEUS_DISABLE_CREATED_SERIES=true)."""
+    monkeypatch.setattr(prometheus_client.metrics, "_use_created", request.param)
+
+
+@pytest.mark.usefixtures("created_series")
 def test_counter_exposition_is_prometheus_clients() -> None:
     theirs, ours = CollectorRegistry(), CollectorRegistry()
     reference = Counter("mailmapd_lookups", "Lookups.", ["protocol", "map"], registry=theirs)
@@ -35,6 +43,7 @@ def test_counter_exposition_is_prometheus_clients() -> None:
     assert ours.get_sample_value("mailmapd_lookups_total", {"protocol": "policy", "map": "quota"}) == 0
 
 
+@pytest.mark.usefixtures("created_series")
 def test_histogram_exposition_is_prometheus_clients() -> None:
     theirs, ours = CollectorRegistry(), CollectorRegistry()
     labels = ["map", "source"]
