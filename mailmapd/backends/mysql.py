@@ -1,13 +1,14 @@
 """MySQL and MariaDB through aiomysql: the production backend.
 
 Each query has its own few connections to each host (``_Lane``). Hosts are used in the
-order the URL lists them; a host that fails is skipped for ``retry_interval`` seconds while another host is available (mysql_table(5)'s
-``hosts`` and ``retry_interval``). When every host is marked failed they are all tried
-again anyway, so a database that comes back is used at once rather than after the
-interval. A lost connection is retried once on a fresh connection to the same host before
-the host is marked failed: that is what a server restart or an idle connection closed by
-``wait_timeout`` looks like. Connections run with autocommit, so every SELECT sees what
-other tools committed, and utf8mb4, so any UTF-8 key is sent intact.
+order the URL lists them; a host that fails is skipped for ``retry_interval`` seconds while
+another host is available (mysql_table(5)'s ``hosts`` and ``retry_interval``). When every
+host is marked failed they are all tried again anyway, so a database that comes back is
+used at once rather than after the interval. A lost connection is retried once on a fresh
+connection to the same host before the host is marked failed: that is what a server restart
+or an idle connection closed by ``wait_timeout`` looks like. Connections run with
+autocommit, so every SELECT sees what other tools committed, and utf8mb4, so any UTF-8 key
+is sent intact.
 """
 
 from __future__ import annotations
