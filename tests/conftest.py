@@ -3,7 +3,9 @@ in-process mailmapd bound to port 0."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -93,3 +95,13 @@ async def running_mailmapd(cfg: Config) -> AsyncIterator[Server]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite://{tmp_path / 'mail.db'}"
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for unix sockets (sun_path holds 108 bytes; tmp_path can be longer)."""
+    path = Path(tempfile.mkdtemp(prefix="mm-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

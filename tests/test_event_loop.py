@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +12,6 @@ from mailmapd.cli import main
 from mailmapd.config import ConfigError, parse_config
 from mailmapd.daemon import event_loop_factory
 from tests.test_service import add_user, config_text, lookup, running, serve_argv
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A short directory for unix sockets (sun_path holds 108 bytes; tmp_path can be longer)."""
-    path = Path(tempfile.mkdtemp(prefix="mm-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def loop_module(factory_choice: str) -> str:

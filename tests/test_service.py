@@ -13,14 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -205,16 +203,6 @@ def db_execute(db: Path, sql: str, params: Sequence[object] = ()) -> None:
 
 def add_user(db: Path, email: str) -> None:
     db_execute(db, "INSERT INTO users (email, password, quota) VALUES (?, 'x', 1024)", (email,))
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A short directory for unix sockets (sun_path holds 108 bytes; tmp_path can be longer)."""
-    path = Path(tempfile.mkdtemp(prefix="mm-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
