@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 
 from mailmapd.backends import open_backend
@@ -26,15 +25,7 @@ pytest_plugins = ["tests.support.fixtures"]
 
 
 def load_tutorial_mysql(account: DatabaseAccount) -> None:
-    conn = pymysql.connect(
-        host=account.host,
-        port=account.port,
-        user=account.user,
-        password=account.password,
-        database=account.database,
-        charset="utf8mb4",
-        autocommit=True,
-    )
+    conn = account.connect()
     try:
         with conn.cursor() as cur:
             for table in ("domains", "forwardings", "users", "transport"):

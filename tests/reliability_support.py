@@ -36,7 +36,6 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pymysql
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailmapd.proto import ProtocolError, netstring, policy, socketmap, tcptable
@@ -111,14 +110,7 @@ def sqlite_url(work: Path) -> str:
 @contextlib.contextmanager
 def users_locked(account: DatabaseAccount) -> Iterator[None]:
     """``LOCK TABLES users WRITE`` held by another client: every query on users waits."""
-    conn = pymysql.connect(
-        host=account.host,
-        port=account.port,
-        user=account.user,
-        password=account.password,
-        database=account.database,
-        autocommit=True,
-    )
+    conn = account.connect()
     try:
         with conn.cursor() as cur:
             cur.execute("LOCK TABLES users WRITE")

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import pymysql
 import pytest
 
 from mailmapd import admin
@@ -75,7 +74,7 @@ class Database:
                 conn.commit()
                 return [tuple(r) for r in rows]
         assert self.account is not None
-        conn = _mysql_connect(self.account)
+        conn = self.account.connect()
         try:
             with conn.cursor() as cur:
                 cur.execute(statement.replace("?", "%s"), tuple(params))
@@ -85,18 +84,6 @@ class Database:
 
     def column(self, statement: str, params: Sequence[object] = ()) -> list[Any]:
         return [row[0] for row in self.sql(statement, params)]
-
-
-def _mysql_connect(account: DatabaseAccount) -> Any:
-    return pymysql.connect(
-        host=account.host,
-        port=account.port,
-        user=account.user,
-        password=account.password,
-        database=account.database,
-        charset="utf8mb4",
-        autocommit=True,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +102,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
             conn.commit()
         return Database("sqlite", f"sqlite://{path}", path=path)
     account: DatabaseAccount = request.getfixturevalue("admin_account")
-    conn = _mysql_connect(account)
+    conn = account.connect()
     try:
         with conn.cursor() as cur:
             for table in ("domains", "forwardings", "users", "transport", "mailmapd_changes"):

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 
 from mailmapd.admin import HASH_LENGTH
@@ -53,20 +52,8 @@ def system_crypt(password: str, setting: str) -> str:
 # --------------------------------------------------------------------------- fixtures
 
 
-def _connect(account: DatabaseAccount) -> Any:
-    return pymysql.connect(
-        host=account.host,
-        port=account.port,
-        user=account.user,
-        password=account.password,
-        database=account.database,
-        charset="utf8mb4",
-        autocommit=True,
-    )
-
-
 def sql(account: DatabaseAccount, statement: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = _connect(account)
+    conn = account.connect()
     try:
         with conn.cursor() as cur:
             cur.execute(statement, params)
@@ -79,7 +66,7 @@ def sql(account: DatabaseAccount, statement: str, params: tuple[object, ...] = (
 def account(mariadb: MariaDB) -> DatabaseAccount:
     """The tutorial's tables (users.password varchar(128)), empty, in a database of their own."""
     account = mariadb.create_database("auth_peers", "auth_peers_admin", "auth_peers_pw")
-    conn = _connect(account)
+    conn = account.connect()
     try:
         with conn.cursor() as cur:
             for table in ("domains", "forwardings", "users", "transport"):

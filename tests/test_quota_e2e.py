@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pymysql
 import pytest
 
 from mailmapd.schema import MYSQL_TABLES
@@ -32,14 +31,7 @@ class QuotaSystem:
 
 
 def load(account: DatabaseAccount) -> None:
-    conn = pymysql.connect(
-        host=account.host,
-        port=account.port,
-        user=account.user,
-        password=account.password,
-        database=account.database,
-        autocommit=True,
-    )
+    conn = account.connect()
     with conn.cursor() as cur:
         for ddl in MYSQL_TABLES:
             cur.execute(ddl)

@@ -18,6 +18,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pymysql
 
 from tests.support.ports import LOOPBACK, free_port, wait_until
 
@@ -73,6 +76,18 @@ class DatabaseAccount:
     database: str
     user: str
     password: str
+
+    def connect(self) -> Any:
+        """A pymysql connection as this account, autocommit, utf8mb4."""
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=self.database,
+            charset="utf8mb4",
+            autocommit=True,
+        )
 
 
 def _which(*names: str, package: str) -> str:
