@@ -15,6 +15,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import prometheus_client.metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -46,11 +47,44 @@ LATENCY_BUCKETS = (
     10.0,
 )
 
+ChildT = TypeVar("ChildT")
+
 RESULTS = ("found", "notfound", "temp", "perm")
 SOURCES = ("cache", "backend", "stale", "none")
 
 
-class LoopCounter(Collector):
+class _LoopMetric(Collector, Generic[ChildT]):
+    """What LoopCounter and LoopHistogram share: a name, label names, and the children by label
+    values, made on first use (``labels()``) and registered as a collector."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], *, registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], ChildT] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> ChildT:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"expected label values for {', '.join(self.labelnames)}, got {values!r}")
+            child = self._children[values] = self._new_child()
+        return child
+
+    def _new_child(self) -> ChildT:
+        raise NotImplementedError
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def describe(self) -> Iterable[Metric]:
+        yield self._family()
+
+
+class LoopCounter(_LoopMetric["CounterChild"]):
     """A labelled counter for the hot path: ``counter.labels(*values).inc()`` adds to a plain int.
 
     Only the event loop's thread changes it, so it needs no lock (a prometheus_client Counter
@@ -59,27 +93,14 @@ class LoopCounter(Collector):
     increment behind, never torn.
     """
 
-    def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], *, registry: CollectorRegistry
-    ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
-        registry.register(self)
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
-    def labels(self, *values: str) -> CounterChild:
-        child = self._children.get(values)
-        if child is None:
-            _check_labels(self.labelnames, values)
-            child = self._children[values] = CounterChild()
-        return child
-
-    def describe(self) -> Iterable[Metric]:
-        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self._family()
         for values, child in self._children.copy().items():
             family.add_metric(values, child.value, created=child.created if _created_series() else None)
         yield family
@@ -96,7 +117,7 @@ class CounterChild:
         self.value += amount
 
 
-class LoopHistogram(Collector):
+class LoopHistogram(_LoopMetric["HistogramChild"]):
     """A labelled histogram for the hot path: ``histogram.labels(*values).observe(seconds)``.
 
     Each child keeps a count per bucket (found by bisection) and a sum, in plain numbers;
@@ -114,30 +135,22 @@ class LoopHistogram(Collector):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
         bounds = [float(b) for b in buckets]
         if bounds != sorted(bounds):
             raise ValueError("histogram buckets must be sorted")
         self.bounds = (*bounds, INF) if bounds[-1:] != [INF] else tuple(bounds)
         # The "le" label values, written as prometheus_client writes them ("2e-05", "+Inf").
         self._les = [floatToGoString(bound) for bound in self.bounds]  # type: ignore[no-untyped-call] # unannotated there
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry=registry)
 
-    def labels(self, *values: str) -> HistogramChild:
-        child = self._children.get(values)
-        if child is None:
-            _check_labels(self.labelnames, values)
-            child = self._children[values] = HistogramChild(self.bounds)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
 
-    def describe(self) -> Iterable[Metric]:
-        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self) -> Iterable[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self._family()
         for values, child in self._children.copy().items():
             counts = child.counts.copy()
             cumulative, buckets = 0, []
@@ -170,11 +183,6 @@ def _created_series() -> bool:
     """Whether ``_created`` series are exported: prometheus_client's own switch
     (PROMETHEUS_DISABLE_CREATED_SERIES, disable_created_metrics()), read as its metrics read it."""
     return bool(prometheus_client.metrics._use_created)  # noqa: SLF001 - no public getter
-
-
-def _check_labels(names: tuple[str, ...], values: tuple[str, ...]) -> None:
-    if len(values) != len(names):
-        raise ValueError(f"expected label values for {', '.join(names)}, got {values!r}")
 
 
 @dataclass(frozen=True, slots=True)
