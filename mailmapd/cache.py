@@ -80,7 +80,7 @@ class LookupCache:
             self._promote(table, key, packed)
         elif self._clock() >= _EXPIRY.unpack_from(packed)[0]:
             return None
-        return Found(packed[_VALUE:].decode()) if packed[_TAG] else NOT_FOUND  # _answer(), inlined
+        return _answer(packed)
 
     def stale(self, table: str, key: str) -> Answer | None:
         """An answer expired at most ``max_stale`` seconds ago, to stand in while the database fails."""
