@@ -529,9 +529,8 @@ class Server:
                 return await self.loop.create_server(factory, sock=inherited, backlog=_BACKLOG)
             # The socket file is systemd's too: from Python 3.13 asyncio removes it when the
             # server closes unless told not to (uvloop never does).
-            keep: dict[str, Any] = {"cleanup_socket": False} if _ASYNCIO_CLEANS_UNIX_SOCKETS else {}
-            if type(self.loop).__module__.startswith("uvloop"):
-                keep = {}
+            asyncio_loop = not type(self.loop).__module__.startswith("uvloop")
+            keep: dict[str, Any] = {"cleanup_socket": False} if _ASYNCIO_CLEANS_UNIX_SOCKETS and asyncio_loop else {}
             return await self.loop.create_unix_server(factory, sock=inherited, backlog=_BACKLOG, **keep)
         if isinstance(address, InetAddress):
             return await self.loop.create_server(factory, address.host, address.port, reuse_address=True)
