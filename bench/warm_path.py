@@ -108,6 +108,28 @@ async def serve(ready: Callable[[dict[str, int]], None]) -> None:
     await server.stop()
 
 
+class _Floor(asyncio.Protocol):
+    """The least a Python server on the same event loop can do: a constant reply per read, no parsing."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport: Any = transport
+
+    def data_received(self, _data: bytes) -> None:
+        self._transport.write(b"4:OK x,")
+
+
+async def serve_floor(ready: Callable[[dict[str, int]], None]) -> None:
+    """The Python floor: ``_Floor`` on 127.0.0.1 port 0, until SIGTERM."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Floor, "127.0.0.1", 0)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    ready({"socketmap": server.sockets[0].getsockname()[1]})
+    await stop.wait()
+    server.close()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The server process: prints ``{"socketmap": PORT, "tcp_table": PORT, "loop": ...}``, one line."""
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
@@ -121,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(json.dumps({**ports, "loop": f"{loop.__module__}.{loop.__qualname__}"}), flush=True)
 
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(ready))
+        runner.run(serve_floor(ready) if args.floor else serve(ready))
     return 0
 
 
@@ -180,7 +202,7 @@ def build(work: Path) -> dict[str, Path]:
 
 
 def load(loadgen: Path, side: Side, keyfile: Path, args: argparse.Namespace, connections: int) -> dict[str, float]:
-    protocol = "tcp_table" if args.protocol == "tcp_table" and side.label != "ceiling" else "socketmap"
+    protocol = "tcp_table" if args.protocol == "tcp_table" and "tcp_table" in side.ports else "socketmap"
     argv = [str(loadgen), "-p", str(side.ports[protocol]), "-k", str(keyfile), "-m", "mailboxes"]
     argv += ["-t", "tcp" if protocol == "tcp_table" else "socketmap", "-c", str(connections)]
     argv += ["-d", str(args.seconds), "-w", str(args.warmup)]
@@ -191,7 +213,7 @@ def load(loadgen: Path, side: Side, keyfile: Path, args: argparse.Namespace, con
         raise SystemExit(f"loadgen against {side.label} exited {result.returncode}: {result.stdout}{result.stderr}")
     raw = json.loads(result.stdout)
     wrong = raw["replies"]["ok"] != raw["requests"]
-    if side.label != "ceiling" and wrong:
+    if "tcp_table" in side.ports and wrong:  # mailmapd's sides; the ceiling and the floor answer a constant
         raise SystemExit(f"{side.label}: not every reply was OK (not warm?): {raw['replies']}")
     return {
         "rps": raw["rps"],
@@ -217,6 +239,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 argv = [sys.executable, str(Path(__file__).resolve()), "serve", "--loop", loop]
                 name = f"{label} {loop}" if len(loops) > 1 or len(trees) > 1 else label
                 sides.append(Side(name, argv, {"PYTHONPATH": str(Path(path).resolve())}))
+        if args.floor:
+            for loop in loops:
+                argv = [sys.executable, str(Path(__file__).resolve()), "serve", "--loop", loop, "--floor"]
+                sides.append(Side(f"python floor {loop}" if len(loops) > 1 else "python floor", argv))
         try:
             for side in sides:
                 side.start()
@@ -259,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     srv = sub.add_parser("serve", help="only run the warm server (prints its ports as JSON)")
     srv.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    srv.add_argument("--floor", action="store_true", help="the Python floor instead of mailmapd")
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH", help="a mailmapd source tree")
     default_loops = "asyncio"
     with contextlib.suppress(ImportError):
@@ -272,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--json", metavar="PATH", help="also write every run's figures here")
+    parser.add_argument(
+        "--floor", action="store_true", help="also run the Python floor: a constant reply per read, on each loop"
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         return cmd_serve(args)

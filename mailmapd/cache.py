@@ -7,9 +7,12 @@ stored. Time comes from an injected clock, so tests step it.
 The cache is built for size (issue 7: a million entries within 300 MB of RSS), so an entry
 is one ``bytes`` object in a plain dict per map, keyed by the lookup key::
 
-    expiry (8-byte double, clock time) | tag (1 byte: found or not found) | value (UTF-8)
+    expiry (8-byte double, clock time) | value (UTF-8; empty: the key was not found)
 
-There is no per-entry tuple, float or object: a hit decodes its answer on the way out. A
+A found value is never empty (mailmapd.proto.Found), so the empty value can stand for "not
+found". There is no per-entry tuple, float or object. ``fresh_value`` hands out the value
+still in UTF-8, which is what the server writes (the hot path: a cache hit becomes a reply
+without an answer object in between); ``fresh`` and ``stale`` decode it into an Answer. A
 mailbox entry costs about 190 to 210 bytes with its key (``bench/cache_memory.py``).
 
 The bound is approximately least-recently-used, kept with two generations: new entries and
@@ -35,15 +38,13 @@ Answer = Found | NotFound
 Generation = dict[str, dict[str, bytes]]  # map name -> key -> packed entry
 
 _EXPIRY: Final = struct.Struct("d")
-_TAG: Final = _EXPIRY.size  # the offset of the tag byte
-_VALUE: Final = _TAG + 1  # the offset of the value
-_FOUND: Final = b"\x01"
-_NOT_FOUND: Final = b"\x00"
+_VALUE: Final = _EXPIRY.size  # the offset of the value
 _NO_ENTRIES: Final[Mapping[str, bytes]] = {}  # the map of a generation that has none; never written
 
 
-def _answer(packed: bytes) -> Answer:
-    return Found(packed[_VALUE:].decode()) if packed[_TAG] else NOT_FOUND
+def answer_of(value: bytes) -> Answer:
+    """The Answer a cached value stands for (``fresh_value``'s form: b"" is not found)."""
+    return Found(value.decode()) if value else NOT_FOUND
 
 
 class LookupCache:
@@ -70,8 +71,10 @@ class LookupCache:
     def __len__(self) -> int:
         return self._young_count + self._old_count
 
-    def fresh(self, table: str, key: str) -> Answer | None:
-        """The answer if it is still within its TTL (the hot path: two dict lookups on a hit)."""
+    def fresh_value(self, table: str, key: str) -> bytes | None:
+        """The answer if it is still within its TTL, as its value in UTF-8 (b"": not found).
+
+        The hot path: two dict lookups on a hit, and no answer object."""
         packed = self._young.get(table, _NO_ENTRIES).get(key)
         if packed is None:
             packed = self._old.get(table, _NO_ENTRIES).get(key)
@@ -80,7 +83,12 @@ class LookupCache:
             self._promote(table, key, packed)
         elif self._clock() >= _EXPIRY.unpack_from(packed)[0]:
             return None
-        return _answer(packed)
+        return packed[_VALUE:]
+
+    def fresh(self, table: str, key: str) -> Answer | None:
+        """The answer if it is still within its TTL."""
+        value = self.fresh_value(table, key)
+        return None if value is None else answer_of(value)
 
     def stale(self, table: str, key: str) -> Answer | None:
         """An answer expired at most ``max_stale`` seconds ago, to stand in while the database fails."""
@@ -92,14 +100,15 @@ class LookupCache:
             return None
         if in_old:
             self._promote(table, key, packed)
-        return _answer(packed)
+        return answer_of(packed[_VALUE:])
 
     def put(self, table: str, key: str, result: Answer, ttl: float) -> None:
         """Keep ``result`` for ``ttl`` seconds (and ``max_stale`` more); ttl <= 0 keeps nothing."""
         if ttl <= 0:
             return
-        expiry = _EXPIRY.pack(self._clock() + ttl)
-        packed = expiry + _FOUND + result.value.encode() if isinstance(result, Found) else expiry + _NOT_FOUND
+        packed = _EXPIRY.pack(self._clock() + ttl)
+        if isinstance(result, Found):
+            packed += result.value.encode()
         young = self._young.get(table)
         if young is not None and key in young:
             young[key] = packed  # a new answer for a young entry: nothing moves

@@ -4,8 +4,9 @@ This is where the failure rule lives. Every lookup has one deadline for its whol
 order; a database error, a lost connection or the deadline answers TempFail, never
 NotFound: a wrong "not found" bounces real mail, a TempFail only delays it.
 
-In front of the database sits the cache: ``cached()`` answers a fresh entry synchronously
-(the server calls it from ``data_received``, with no task and no await); a miss goes to
+In front of the database sits the cache: ``cached_value()`` answers a fresh entry
+synchronously, as the value in UTF-8 that the server writes (the server calls it from
+``data_received``, with no task, no await and no answer object); a miss goes to
 ``resolve()``, where concurrent lookups of the same key share one database search. When the
 database cannot answer, an answer up to ``cache.max_stale`` seconds past its TTL is served
 instead of TEMP; errors themselves are never cached.
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from mailmapd.backends import BackendError
-from mailmapd.cache import LookupCache
+from mailmapd.cache import LookupCache, answer_of
 from mailmapd.maps import Map
 from mailmapd.metrics import CounterChild, HistogramChild, Metrics
 from mailmapd.proto import NOT_FOUND, Found, NotFound, PermFail, Result, TempFail
@@ -60,15 +61,17 @@ class Resolver:
     def cache(self) -> LookupCache:
         return self._cache
 
-    def cached(self, table: str, key: str) -> Result | None:
-        """A fresh cached answer, or None. Synchronous: the hot path."""
+    def cached_value(self, table: str, key: str) -> bytes | None:
+        """A fresh cached answer as its value in UTF-8 (b"": not found), or None.
+
+        Synchronous: the hot path (``LookupCache.fresh_value``; ``answer_of`` makes it an Answer)."""
         started = time.perf_counter()
-        result = self._cache.fresh(table, key)
-        if result is not None and self._metrics is not None:
+        value = self._cache.fresh_value(table, key)
+        if value is not None and self._metrics is not None:
             hits, seconds = self._hit_metrics.get(table) or self._new_hit_metrics(table)
             hits.inc()
             seconds.observe(time.perf_counter() - started)
-        return result
+        return value
 
     def _new_hit_metrics(self, table: str) -> tuple[CounterChild, HistogramChild]:
         """A cache hit's labelled children, kept per map: labels() costs more than the counting.
@@ -80,9 +83,9 @@ class Resolver:
 
     async def resolve(self, table: str, key: str) -> Result:
         """Answer one lookup; never raises for a database problem."""
-        hit = self.cached(table, key)
+        hit = self.cached_value(table, key)
         if hit is not None:
-            return hit
+            return answer_of(hit)
         if table not in self._maps:
             return PermFail(f"unknown map {table!r}")
         if self._metrics is not None:

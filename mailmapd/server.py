@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from mailmapd.cache import answer_of
 from mailmapd.config import MAP_NAMES, ConfigError, InetAddress, ListenConfig, ServerConfig, UnixAddress, parse_address
 from mailmapd.metrics import CounterChild, Metrics
 from mailmapd.proto import (
@@ -61,8 +62,8 @@ _RESULT_LABELS: dict[type, str] = {Found: "found", NotFound: "notfound", TempFai
 class Resolver(Protocol):
     """What answers lookups (mailmapd.lookup.Resolver; a fake in tests)."""
 
-    def cached(self, table: str, key: str) -> Result | None:
-        """A fresh answer known without waiting, or None."""
+    def cached_value(self, table: str, key: str) -> bytes | None:
+        """A fresh answer known without waiting, as its value in UTF-8 (b"": not found), or None."""
         ...
 
     async def resolve(self, table: str, key: str) -> Result: ...
@@ -100,6 +101,10 @@ class Handler(Protocol):
 
     def encode(self, result: Result) -> bytes: ...
 
+    def encode_value(self, value: bytes) -> bytes:
+        """The reply for a cached answer: its value in UTF-8, b"" meaning not found."""
+        ...
+
     async def decide(self, job: PolicyJob) -> bytes:
         """The reply to a policy request (policy handlers only)."""
         ...
@@ -120,14 +125,16 @@ class SocketmapHandler(_LookupOnly):
         return NetstringDecoder(self._max_request)
 
     def start(self, frame: bytes) -> bytes | Job:
-        table, raw_key = socketmap.split_request(frame)
-        key = decode_key(raw_key)
+        table, key = socketmap.decode_request(frame)
         if key is None:
             return socketmap.encode_reply(NOT_FOUND)
         return table, key
 
     def encode(self, result: Result) -> bytes:
         return socketmap.encode_reply(result)
+
+    def encode_value(self, value: bytes) -> bytes:
+        return socketmap.encode_value(value)
 
 
 class TcpTableHandler(_LookupOnly):
@@ -150,6 +157,9 @@ class TcpTableHandler(_LookupOnly):
     def encode(self, result: Result) -> bytes:
         return tcptable.encode_reply(result)
 
+    def encode_value(self, value: bytes) -> bytes:
+        return tcptable.encode_value(value)
+
 
 class PolicyHandler:
     """Postfix's SMTPD policy protocol: the quota policy decides each request."""
@@ -167,6 +177,9 @@ class PolicyHandler:
 
     def encode(self, result: Result) -> bytes:
         return policy.encode_reply(result)
+
+    def encode_value(self, value: bytes) -> bytes:
+        return policy.encode_reply(answer_of(value))
 
     async def decide(self, job: PolicyJob) -> bytes:
         return policy.encode_action(await self._decide(job.request))
@@ -240,15 +253,16 @@ class _Connection(asyncio.Protocol):
                 if done >= _SYNC_BUDGET or self._write_paused:
                     break
                 try:
-                    out = self._handler.start(frame)
+                    job = self._handler.start(frame)
                 except ProtocolError as exc:
                     self._malformed(exc)
                     return
-                if not self._answer_now(out):
-                    self._queue = deque([out])
-                    done += 1
-                    break
                 done += 1
+                reply = self._reply_now(job)
+                if reply is None:
+                    self._queue = deque([job])
+                    break
+                self._write(reply)
             if self._queue is None and done < len(frames):
                 self._queue = deque()
             if self._queue is not None:
@@ -257,15 +271,15 @@ class _Connection(asyncio.Protocol):
         if self._queue is not None and len(self._queue) >= self._server.cfg.max_pipelined:
             self._set_reading(paused=True)
 
-    def _answer_now(self, out: bytes | Job | PolicyJob) -> bool:
-        """Write the reply if it is known without waiting; False when the job must wait."""
-        if isinstance(out, bytes):
-            self._write(out)
-            return True
-        if isinstance(out, tuple) and (cached := self._server.resolver.cached(*out)) is not None:
-            self._answer(out, cached)
-            return True
-        return False
+    def _reply_now(self, job: bytes | Job | PolicyJob) -> bytes | None:
+        """The reply if it is known without waiting (a cache hit, or no job at all); None when
+        the job must wait."""
+        if isinstance(job, bytes):
+            return job
+        if isinstance(job, tuple) and (value := self._server.resolver.cached_value(*job)) is not None:
+            self._server.count_lookup(self._handler.name, job[0], "found" if value else "notfound")
+            return self._handler.encode_value(value)
+        return None
 
     def pause_writing(self) -> None:
         # The peer does not read its replies: stop reading its requests until it does, and
@@ -301,11 +315,13 @@ class _Connection(asyncio.Protocol):
                     except ProtocolError as exc:
                         self._malformed(exc)
                         return
-                if not self._answer_now(item):
-                    if isinstance(item, tuple):
-                        self._answer(item, await self._resolve(item))
-                    elif isinstance(item, PolicyJob):
-                        self._write(await self._decide(item))
+                reply = self._reply_now(item)
+                if reply is not None:
+                    self._write(reply)
+                elif isinstance(item, tuple):
+                    self._answer(item, await self._resolve(item))
+                elif isinstance(item, PolicyJob):
+                    self._write(await self._decide(item))
                 handled += 1
                 if handled % _SYNC_BUDGET == 0:
                     await asyncio.sleep(0)  # let the other connections in
@@ -335,7 +351,7 @@ class _Connection(asyncio.Protocol):
 
     def _answer(self, job: Job, result: Result) -> None:
         self._write(self._handler.encode(result))
-        self._server.count_lookup(self._handler.name, job[0], result)
+        self._server.count_lookup(self._handler.name, job[0], _RESULT_LABELS[type(result)])
 
     # ---------------------------------------------------------------- helpers
 
@@ -438,7 +454,7 @@ class Server:
         self._unix_paths: list[str] = []
         self._connections: set[_Connection] = set()
         self._refused = 0
-        self._lookup_counters: dict[tuple[str, str, type], CounterChild] = {}
+        self._lookup_counters: dict[tuple[str, str, str], CounterChild] = {}
         self._stopping = False
 
     @property
@@ -453,16 +469,16 @@ class Server:
     def connection_count(self) -> int:
         return len(self._connections)
 
-    def count_lookup(self, protocol: str, table: str, result: Result) -> None:
+    def count_lookup(self, protocol: str, table: str, result: str) -> None:
         """mailmapd_lookups_total, for every request: its labelled child is kept at hand, since
         labels() costs more than the increment (measured end to end in bench/warm_path.py)."""
-        key = (protocol, table, type(result))
+        key = (protocol, table, result)
         counter = self._lookup_counters.get(key)
         if counter is None:
             if self.metrics is None:
                 return
             label = table if table in self.known_maps else "unknown"  # bounded label values
-            counter = self.metrics.lookups.labels(protocol, label, _RESULT_LABELS[type(result)])
+            counter = self.metrics.lookups.labels(protocol, label, result)
             if len(self._lookup_counters) < 1000:  # noqa: PLR2004 - unknown map names must not grow this
                 self._lookup_counters[key] = counter
         counter.inc()

@@ -70,11 +70,11 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 async def test_found_is_cached_for_positive_ttl() -> None:
     resolver, table, clock, registry = make({"a": "1"})
     assert await resolver.resolve("m", "a") == Found("1")
-    assert resolver.cached("m", "a") == Found("1")
+    assert resolver.cached_value("m", "a") == b"1"
     assert await resolver.resolve("m", "a") == Found("1")
     assert table.calls == 1
     clock.now += 60
-    assert resolver.cached("m", "a") is None  # expired exactly at the TTL
+    assert resolver.cached_value("m", "a") is None  # expired exactly at the TTL
     assert await resolver.resolve("m", "a") == Found("1")
     assert table.calls == 2
     assert sample(registry, "mailmapd_cache_hits_total", map="m") == 2
@@ -85,9 +85,9 @@ async def test_not_found_has_its_own_shorter_ttl() -> None:
     resolver, _table, clock, _ = make({})
     assert await resolver.resolve("m", "a") == NOT_FOUND
     clock.now += 9.9
-    assert resolver.cached("m", "a") == NOT_FOUND
+    assert resolver.cached_value("m", "a") == b""
     clock.now += 0.2
-    assert resolver.cached("m", "a") is None
+    assert resolver.cached_value("m", "a") is None
 
 
 async def test_zero_ttl_caches_nothing() -> None:
@@ -101,7 +101,7 @@ async def test_errors_are_never_cached() -> None:
     resolver, table, _, registry = make({"a": "1"})
     table.fail = "connect"
     assert await resolver.resolve("m", "a") == TempFail("database unavailable (connect)")
-    assert resolver.cached("m", "a") is None
+    assert resolver.cached_value("m", "a") is None
     table.fail = None
     assert await resolver.resolve("m", "a") == Found("1")
     assert sample(registry, "mailmapd_backend_errors_total", reason="connect") == 1
@@ -178,10 +178,10 @@ async def test_lru_bound_evicts_and_counts() -> None:
     resolver, _table, _, registry = make({"a": "1", "b": "2", "c": "3"}, max_entries=2)
     for key in ("a", "b"):
         await resolver.resolve("m", key)
-    assert resolver.cached("m", "a") == Found("1")  # a is now the most recently used
+    assert resolver.cached_value("m", "a") == b"1"  # a is now the most recently used
     await resolver.resolve("m", "c")  # evicts b
-    assert resolver.cached("m", "b") is None
-    assert resolver.cached("m", "a") == Found("1")
+    assert resolver.cached_value("m", "b") is None
+    assert resolver.cached_value("m", "a") == b"1"
     assert len(resolver.cache) == 2
     assert sample(registry, "mailmapd_cache_evictions_total") == 1
 

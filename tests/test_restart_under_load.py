@@ -539,7 +539,7 @@ async def test_restart_through_the_socket_unit_under_load(tmp_path: Path) -> Non
 class _Answers:
     """A resolver that finds every key (mailmapd.server's Resolver protocol)."""
 
-    def cached(self, table: str, key: str) -> Found | None:
+    def cached_value(self, table: str, key: str) -> bytes | None:
         return None
 
     async def resolve(self, table: str, key: str) -> Found:

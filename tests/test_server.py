@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from mailmapd.config import ListenConfig, ServerConfig
 from mailmapd.metrics import Metrics
-from mailmapd.proto import NOT_FOUND, Found, Result, TempFail
+from mailmapd.proto import NOT_FOUND, Found, NotFound, Result, TempFail
 from mailmapd.proto.netstring import encode
 from mailmapd.server import Server, SocketmapHandler, TcpTableHandler, _Connection
 from tests import golden
@@ -29,11 +29,15 @@ class FakeResolver:
     gate: asyncio.Event | None = None
     hot: dict[tuple[str, str], Result] = field(default_factory=dict)
 
-    def cached(self, table: str, key: str) -> Result | None:
-        return self.hot.get((table, key))
+    def cached_value(self, table: str, key: str) -> bytes | None:
+        hit = self.hot.get((table, key))
+        if hit is None:
+            return None
+        assert isinstance(hit, Found | NotFound), "only answers are cached"
+        return hit.value.encode() if isinstance(hit, Found) else b""
 
     async def resolve(self, table: str, key: str) -> Result:
-        if (hit := self.cached(table, key)) is not None:
+        if (hit := self.hot.get((table, key))) is not None:
             return hit
         self.asked.append((table, key))
         if self.gate is not None:
@@ -211,7 +215,7 @@ async def test_internal_error_answers_temp_and_keeps_serving(
         raise RuntimeError("bug")
 
     running.server.resolver = type(
-        "Broken", (), {"resolve": staticmethod(broken), "cached": staticmethod(lambda table, key: None)}
+        "Broken", (), {"resolve": staticmethod(broken), "cached_value": staticmethod(lambda table, key: None)}
     )()
     reader, writer = await asyncio.open_connection(*running.socketmap)
     expected = socket_reply(TempFail("internal error in mailmapd, see its log"))

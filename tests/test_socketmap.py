@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailmapd.proto import NOT_FOUND, Found, NotFound, PermFail, ProtocolError, Result, TempFail
+from mailmapd.proto import NOT_FOUND, Found, NotFound, PermFail, ProtocolError, Result, TempFail, decode_key
 from mailmapd.proto.netstring import NetstringDecoder, encode
 from mailmapd.proto.socketmap import (
     MAX_REPLY,
     MAX_REQUEST_DEFAULT,
     Lookup,
+    decode_request,
     encode_reply,
+    encode_value,
     parse_request,
     split_request,
 )
@@ -209,3 +213,43 @@ def test_golden_pipelined(size: int) -> None:
     assert pending == 0
     assert len(lookups) == len(GOLDEN)
     assert b"".join(encode_reply(answer(lookup.key)) for lookup in lookups) == b"".join(rep for _, rep in GOLDEN)
+
+
+# The cache hands the server a value still in UTF-8 (b"" for not found), and the server
+# encodes that directly: it must be the very reply the answer itself would get.
+
+
+@given(st.text())
+def test_encode_value_is_encode_reply_of_the_found_answer(value: str) -> None:
+    assert encode_value(value.encode()) == encode_reply(Found(value))
+
+
+@pytest.mark.parametrize("value", ["", "a\x00b", "v" * (MAX_REPLY - 3), "v" * (MAX_REPLY - 2), "ü" * MAX_REPLY])
+def test_encode_value_agrees_at_the_edges(value: str) -> None:
+    assert encode_value(value.encode()) == encode_reply(Found(value) if value else NOT_FOUND)
+
+
+def assert_decode_request_agrees(payload: bytes) -> None:
+    """decode_request is split_request then decode_key, in one step: same answer, same error."""
+
+    def both(parse: Callable[[bytes], object]) -> object:
+        try:
+            return parse(payload)
+        except ProtocolError as exc:
+            return f"ProtocolError: {exc}"
+
+    split = both(split_request)
+    expected = (split[0], decode_key(split[1])) if isinstance(split, tuple) else split
+    assert both(decode_request) == expected
+
+
+@given(st.one_of(st.binary(max_size=40), st.text(max_size=40).map(str.encode)))
+def test_decode_request_agrees_with_split_request_and_decode_key(payload: bytes) -> None:
+    assert_decode_request_agrees(payload)
+
+
+@pytest.mark.parametrize(
+    "payload", [b"m a@b", b"m ", b"m a b", b"m a\x00b", b"m \xff", b"\xff a", b"m\x7f a", b" a", b"ma", b"m\ta b"]
+)
+def test_decode_request_agrees_at_the_edges(payload: bytes) -> None:
+    assert_decode_request_agrees(payload)

@@ -10,6 +10,7 @@ from mailmapd.proto.tcptable import (
     Get,
     LineDecoder,
     encode_reply,
+    encode_value,
     hex_quote,
     hex_unquote,
     parse_request,
@@ -314,3 +315,17 @@ def test_golden_pipelined(size: int) -> None:
     assert pending == 0
     assert len(gets) == len(GOLDEN)
     assert b"".join(encode_reply(answer(get.key)) for get in gets) == b"".join(rep for _, rep in GOLDEN)
+
+
+# The cache hands the server a value still in UTF-8 (b"" for not found), and the server
+# encodes that directly: it must be the very reply the answer itself would get.
+
+
+@given(st.text())
+def test_encode_value_is_encode_reply_of_the_found_answer(value: str) -> None:
+    assert encode_value(value.encode()) == encode_reply(Found(value))
+
+
+@pytest.mark.parametrize("value", ["", "a\x00b", "v" * (MAX_LINE - 5), "v" * (MAX_LINE - 4), "%" * MAX_LINE])
+def test_encode_value_agrees_at_the_edges(value: str) -> None:
+    assert encode_value(value.encode()) == encode_reply(Found(value) if value else NOT_FOUND)

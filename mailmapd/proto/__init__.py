@@ -50,7 +50,7 @@ def decode_key(raw: bytes) -> str | None:
     A key that is not valid UTF-8 or holds a NUL is answered "not found" without a query
     (a database would refuse or mangle it, which must not become a temporary failure).
     """
-    if b"\x00" in raw:
+    if 0 in raw:  # a NUL byte: several times faster than `b"\x00" in raw` on CPython 3.11
         return None
     try:
         return raw.decode("utf-8")

@@ -52,7 +52,14 @@ class NetstringDecoder:
             self._buf += data
             buf: bytes | bytearray = self._buf
         else:
-            buf = data  # the usual case: whole requests, parsed without a copy into the buffer
+            # The usual case: the read is exactly one whole netstring. Then its header is the
+            # payload's length written canonically, so one comparison with that checks the
+            # digits, the leading zero and the length together.
+            head, _, rest = data.partition(b":")
+            length = len(rest) - 1
+            if rest[-1:] == b"," and head == b"%d" % length and length <= self._max_len:
+                return [rest[:length]]
+            buf = data  # whole requests, or one cut short: parsed without a copy into the buffer
         frames: list[bytes] = []
         try:
             pos = self._split(buf, frames)

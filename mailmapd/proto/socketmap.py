@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailmapd.proto import Found, NotFound, ProtocolError, Result, TempFail
+from mailmapd.proto import Found, NotFound, ProtocolError, Result, TempFail, decode_key
 from mailmapd.proto.netstring import encode
 
 # Request payload limit for the NetstringDecoder. Postfix >= 3.12 sends at most
@@ -24,6 +24,7 @@ MAX_REQUEST_DEFAULT = 10_100
 # configurable in Postfix >= 3.10 and hard-coded to 100000 before (src/util/dict_sockmap.c,
 # proto/socketmap_table). Postfix fails a longer reply with "input exceeds size limit".
 MAX_REPLY = 100_000
+_MAX_VALUE = MAX_REPLY - len(b"OK ")
 
 _NOTFOUND_REPLY = encode(b"NOTFOUND ")
 # Bytes that may appear in a map name: printable ASCII without space.
@@ -50,13 +51,34 @@ def parse_request(payload: bytes) -> Lookup:
 
 
 def split_request(payload: bytes) -> tuple[str, bytes]:
-    """parse_request as a plain ``(map name, raw key)`` tuple: the server's form, made per request."""
+    """parse_request as a plain ``(map name, raw key)`` tuple."""
     table, space, key = payload.partition(b" ")
-    if not space:
-        raise ProtocolError("socketmap request has no space between map name and key")
-    if _TABLE_NAME.fullmatch(table) is None:
-        raise ProtocolError(f"socketmap map name is empty or not printable ASCII: {table[:100]!r}")
+    if not space or _TABLE_NAME.fullmatch(table) is None:
+        raise _request_error(table, space)
     return table.decode("ascii"), key
+
+
+def decode_request(payload: bytes) -> tuple[str, str | None]:
+    """The map name and the key as text, None when the key cannot name anything (as decode_key).
+
+    The server's form, made per request: the payload is decoded once; only a payload that is
+    not valid UTF-8 takes split_request's path."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        table, raw_key = split_request(payload)
+        return table, decode_key(raw_key)
+    table, space, key = text.partition(" ")
+    # After the split at the first space, this is _TABLE_NAME's "printable ASCII".
+    if not (space and table and table.isascii() and table.isprintable()):
+        raise _request_error(table.encode(), space)
+    return table, None if "\x00" in key else key
+
+
+def _request_error(table: bytes, space: object) -> ProtocolError:
+    if not space:
+        return ProtocolError("socketmap request has no space between map name and key")
+    return ProtocolError(f"socketmap map name is empty or not printable ASCII: {table[:100]!r}")
 
 
 def _reply(status: bytes, reason: str) -> bytes:
@@ -87,15 +109,19 @@ def encode_reply(result: Result) -> bytes:
 
 
 def _found(value: str) -> bytes:
-    if not value:
-        return _NOTFOUND_REPLY
-    if "\x00" in value:
-        return _reply(b"TEMP", "value contains a NUL byte, which Postfix would truncate")
     try:
         data = value.encode("utf-8")
     except UnicodeEncodeError:
         return _reply(b"TEMP", "value is not encodable as UTF-8")
-    payload = b"OK " + data
-    if len(payload) > MAX_REPLY:
-        return _reply(b"TEMP", f"value too long for Postfix: {len(payload)} bytes, socketmap limit {MAX_REPLY}")
-    return encode(payload)
+    return encode_value(data)
+
+
+def encode_value(value: bytes) -> bytes:
+    """The reply for a value already in UTF-8, b"" meaning not found (the cache's form)."""
+    if not value:
+        return _NOTFOUND_REPLY
+    if 0 in value:  # a NUL byte (see decode_key)
+        return _reply(b"TEMP", "value contains a NUL byte, which Postfix would truncate")
+    if len(value) > _MAX_VALUE:
+        return _reply(b"TEMP", f"value too long for Postfix: {len(value) + 3} bytes, socketmap limit {MAX_REPLY}")
+    return b"%d:OK %b," % (len(value) + 3, value)

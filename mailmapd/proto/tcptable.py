@@ -155,15 +155,20 @@ def encode_reply(result: Result) -> bytes:
 
 
 def _found(value: str) -> bytes:
-    if not value:
-        return _NOT_FOUND_REPLY
-    if "\x00" in value:
-        return _error_reply("value contains a NUL byte, which Postfix would truncate")
     try:
         data = value.encode("utf-8")
     except UnicodeEncodeError:
         return _error_reply("value is not encodable as UTF-8")
-    line = b"200 " + hex_quote(data) + b"\n"
+    return encode_value(data)
+
+
+def encode_value(value: bytes) -> bytes:
+    """The reply line for a value already in UTF-8, b"" meaning not found (the cache's form)."""
+    if not value:
+        return _NOT_FOUND_REPLY
+    if 0 in value:  # a NUL byte (see decode_key)
+        return _error_reply("value contains a NUL byte, which Postfix would truncate")
+    line = b"200 " + hex_quote(value) + b"\n"
     if len(line) > MAX_LINE:
         return _error_reply(f"value too long for Postfix: {len(line)} bytes quoted, tcp_table limit {MAX_LINE}")
     return line
