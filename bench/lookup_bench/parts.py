@@ -171,7 +171,24 @@ def sequential(
         "rounds": rounds,
         "runs": runs,
         "summary": _sequential_summary(runs),
+        "cold_bound": _cold_bound(runs),
     }
+
+
+def _cold_bound(runs: dict[str, list[dict[str, float]]]) -> dict[str, float]:
+    """The least a cold lookup through any socketmap server costs, per round: the round trip
+    to the server (a warm lookup) plus one database round trip made by Postfix's own C client
+    (mysql: less the postmap floor). Medians, and the median ratio to each baseline."""
+    bound = [
+        w["per_key_us"] + m["per_key_us"] - f["per_key_us"]
+        for w, m, f in zip(
+            runs["mailmapd socketmap warm"], runs["mysql:"], runs["postmap floor (static:)"], strict=True
+        )
+    ]
+    out = {"median_us": statistics.median(bound)}
+    for base in ("mysql:", "mysql:, search order", "proxy:mysql:"):
+        out[f"ratio_to_{base}"] = statistics.median(b / v["per_key_us"] for b, v in zip(bound, runs[base], strict=True))
+    return out
 
 
 def _kinds(keys: Sequence[tuple[str, str]]) -> dict[str, int]:
