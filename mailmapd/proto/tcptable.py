@@ -58,6 +58,9 @@ class LineDecoder:
         """Add ``data``; return the lines completed by it, without their line ending."""
         if self._error is not None:
             raise ProtocolError(f"line decoder failed earlier: {self._error}")
+        last = len(data) - 1
+        if not self._buf and last >= 0 and data.find(_NEWLINE) == last and last < self._max_line:
+            return [data[:-1].removesuffix(b"\r")]  # the usual case: the read is exactly one line
         self._buf += data
         lines: list[bytes] = []
         try:
@@ -90,7 +93,7 @@ class LineDecoder:
 
 def hex_unquote(data: bytes) -> bytes:
     """Decode %XX escapes (hex digits of any case); a ``%`` without two hex digits is an error."""
-    if b"%" not in data:
+    if _PERCENT not in data:
         return data  # most keys: nothing to decode
     first, *rest = data.split(b"%")
     out = [first]
