@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 cf=cf,
                 mm=mm,
                 loadgen=binaries["loadgen"],
+                ceiling_binary=binaries["ceiling"],
                 rounds=args.rounds,
                 log=log,
             )

@@ -109,7 +109,9 @@ async def serve(ready: Callable[[dict[str, int]], None]) -> None:
 
 
 class _Floor(asyncio.Protocol):
-    """The least a Python server on the same event loop can do: a constant reply per read, no parsing."""
+    """The least a Python server on the same event loop can do: a constant reply per read, no
+    parsing (one reply per request as long as each connection has one request outstanding, as
+    loadgen's do)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport: Any = transport

@@ -5,7 +5,8 @@
 Properties:
 - the input as a request stream (netstrings at the request limit) and each frame, and the input
   as one request payload, raise only ProtocolError; a parsed map name is printable ASCII with
-  no space; decode_key() never raises and gives None or text without NUL;
+  no space; decode_key() never raises and gives None or text without NUL; decode_request(), the
+  server's one-step parser, gives what parse_request() and decode_key() give, or the same error;
 - the input as text (bytes that are not UTF-8 kept as surrogates) in a Found, TempFail or
   PermFail, and NotFound, each encode to exactly one netstring within the reply limit,
   ``OK``/``NOTFOUND``/``TEMP``/``PERM`` then a space; an ``OK`` carries the value unchanged.
@@ -22,17 +23,30 @@ with instrumented():
 STATUSES = (b"OK", b"NOTFOUND", b"TEMP", b"PERM")
 
 
+def _decoded(payload: bytes) -> tuple[str, str | None] | str:
+    """decode_request's answer, or its error's message."""
+    try:
+        return socketmap.decode_request(payload)
+    except ProtocolError as exc:
+        return str(exc)
+
+
 def check_request(payload: bytes) -> None:
+    expected: tuple[str, str | None] | str
     try:
         lookup = socketmap.parse_request(payload)
-    except ProtocolError:
-        return
-    assert lookup.table, payload
-    assert lookup.table.isascii(), payload
-    assert lookup.table.isprintable(), payload
-    assert " " not in lookup.table, payload
-    key = decode_key(lookup.key)
-    assert key is None or "\x00" not in key
+    except ProtocolError as exc:
+        expected = str(exc)
+    else:
+        assert lookup.table, payload
+        assert lookup.table.isascii(), payload
+        assert lookup.table.isprintable(), payload
+        assert " " not in lookup.table, payload
+        key = decode_key(lookup.key)
+        assert key is None or "\x00" not in key
+        expected = (lookup.table, key)
+    # The server's one-step parser: the same answer, or the same refusal.
+    assert _decoded(payload) == expected, payload
 
 
 def check_reply(result: Result, text: str) -> None:

@@ -103,7 +103,9 @@ class LookupCache:
         return answer_of(packed[_VALUE:])
 
     def put(self, table: str, key: str, result: Answer, ttl: float) -> None:
-        """Keep ``result`` for ``ttl`` seconds (and ``max_stale`` more); ttl <= 0 keeps nothing."""
+        """Keep ``result`` for ``ttl`` seconds (and ``max_stale`` more); ttl <= 0 keeps nothing.
+
+        A Found with an empty value is kept as not found (the wire answers it so too)."""
         if ttl <= 0:
             return
         packed = _EXPIRY.pack(self._clock() + ttl)

@@ -88,6 +88,7 @@ def test_decode_exactly_max_len() -> None:
         pytest.param(b"100", "more than 2 digits", 99, id="too-many-digits-small-limit"),
         pytest.param(b"100001:", "exceeds the limit 100000", MAX_LEN_DEFAULT, id="over-max-len"),
         pytest.param(b"6:", "exceeds the limit 5", 5, id="over-small-max-len"),
+        pytest.param(b"6:abcdef,", "exceeds the limit 5", 5, id="whole-frame-over-max-len"),
         pytest.param(b"3:abcX", "does not end with ','", MAX_LEN_DEFAULT, id="no-comma"),
         pytest.param(b"3:abc;", "does not end with ','", MAX_LEN_DEFAULT, id="wrong-terminator"),
         pytest.param(b"3:abcd,", "does not end with ','", MAX_LEN_DEFAULT, id="payload-too-long"),

@@ -315,6 +315,30 @@ async def test_cache_hit_waits_its_turn_behind_a_slow_lookup(running: Running) -
     writer.close()
 
 
+async def test_cache_hits_found_and_not_found_on_both_protocols_are_answered_and_counted(tmp_path: Path) -> None:
+    """A cached answer, found or not found, written from its cached form by each protocol's
+    encoder, and counted with its result label."""
+    registry = CollectorRegistry()
+    r = await start(tmp_path, Metrics.create(registry))
+    r.resolver.hot[("mailboxes", "alice@example.test")] = Found("example.test/alice/")
+    r.resolver.hot[("mailboxes", "nobody@example.test")] = NOT_FOUND
+    try:
+        for key, socket_wire, tcp_wire in (
+            (b"alice@example.test", b"22:OK example.test/alice/,", b"200 example.test/alice/\n"),
+            (b"nobody@example.test", b"9:NOTFOUND ,", b"500 not found\n"),
+        ):
+            for _ in range(2):
+                assert await exchange(r.socketmap, encode(b"mailboxes " + key), 4096, len(socket_wire)) == socket_wire
+                assert await exchange(r.tcp_table, b"get " + key + b"\n", 4096, len(tcp_wire)) == tcp_wire
+        assert r.resolver.asked == []  # every answer came from the cache
+        for protocol in ("socketmap", "tcp_table"):
+            for result in ("found", "notfound"):
+                labels = {"protocol": protocol, "map": "mailboxes", "result": result}
+                assert registry.get_sample_value("mailmapd_lookups_total", labels) == 2
+    finally:
+        await r.server.stop()
+
+
 async def test_server_metrics(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     metrics = Metrics.create(registry)

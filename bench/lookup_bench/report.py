@@ -79,7 +79,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 cold <= COLD_VS_MYSQL,
                 "x the time"
                 + (
-                    f" (bound for any socketmap server: {seq['cold_bound']['ratio_to_mysql:']:.2f}x)"
+                    f" (bound for a socketmap server: {seq['cold_bound']['ratio_to_mysql:']:.2f}x)"
                     if "cold_bound" in seq
                     else ""
                 ),
@@ -227,7 +227,7 @@ def _sequential_md(seq: dict[str, Any], image_dir: str | None) -> list[str]:
     bound = seq.get("cold_bound")
     if bound is not None:
         out.append(
-            f"| *bound for any socketmap server, cold: warm socketmap + (mysql: - floor)* | "
+            f"| *bound for a socketmap server, cold: C ceiling + (mysql: - floor)* | "
             f"{bound['median_us']:.1f} us | | {bound['ratio_to_mysql:']:.2f} | "
             f"{bound['ratio_to_mysql:, search order']:.2f} | {bound['ratio_to_proxy:mysql:']:.2f} | 1 | |"
         )

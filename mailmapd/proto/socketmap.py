@@ -24,7 +24,8 @@ MAX_REQUEST_DEFAULT = 10_100
 # configurable in Postfix >= 3.10 and hard-coded to 100000 before (src/util/dict_sockmap.c,
 # proto/socketmap_table). Postfix fails a longer reply with "input exceeds size limit".
 MAX_REPLY = 100_000
-_MAX_VALUE = MAX_REPLY - len(b"OK ")
+_OK = b"OK "
+_MAX_VALUE = MAX_REPLY - len(_OK)
 
 _NOTFOUND_REPLY = encode(b"NOTFOUND ")
 # Bytes that may appear in a map name: printable ASCII without space.
@@ -54,7 +55,7 @@ def split_request(payload: bytes) -> tuple[str, bytes]:
     """parse_request as a plain ``(map name, raw key)`` tuple."""
     table, space, key = payload.partition(b" ")
     if not space or _TABLE_NAME.fullmatch(table) is None:
-        raise _request_error(table, space)
+        raise _request_error(table, has_space=bool(space))
     return table.decode("ascii"), key
 
 
@@ -71,12 +72,12 @@ def decode_request(payload: bytes) -> tuple[str, str | None]:
     table, space, key = text.partition(" ")
     # After the split at the first space, this is _TABLE_NAME's "printable ASCII".
     if not (space and table and table.isascii() and table.isprintable()):
-        raise _request_error(table.encode(), space)
+        raise _request_error(table.encode(), has_space=bool(space))
     return table, None if "\x00" in key else key
 
 
-def _request_error(table: bytes, space: object) -> ProtocolError:
-    if not space:
+def _request_error(table: bytes, *, has_space: bool) -> ProtocolError:
+    if not has_space:
         return ProtocolError("socketmap request has no space between map name and key")
     return ProtocolError(f"socketmap map name is empty or not printable ASCII: {table[:100]!r}")
 
@@ -123,5 +124,7 @@ def encode_value(value: bytes) -> bytes:
     if 0 in value:  # a NUL byte (see decode_key)
         return _reply(b"TEMP", "value contains a NUL byte, which Postfix would truncate")
     if len(value) > _MAX_VALUE:
-        return _reply(b"TEMP", f"value too long for Postfix: {len(value) + 3} bytes, socketmap limit {MAX_REPLY}")
-    return b"%d:OK %b," % (len(value) + 3, value)
+        return _reply(
+            b"TEMP", f"value too long for Postfix: {len(_OK) + len(value)} bytes, socketmap limit {MAX_REPLY}"
+        )
+    return encode(_OK + value)
