@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lookup_bench import datagen, parts, report
-from lookup_bench.peers import REPO, Mailmapd, MailmapdConfig, build
+from lookup_bench.peers import REPO, Ceiling, Mailmapd, MailmapdConfig, build
 
 from tests.oracle import CF_FILES, write_seed_cf
 from tests.support.mariadb import MariaDB
@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(postfix.close)
             postfix.start()
             log(f"Postfix master for proxymap in {postfix.base_dir}")
+            ceiling = Ceiling(binaries["ceiling"])
+            stack.callback(ceiling.stop)
             log("sequential lookups through postmap -q -")
             results["sequential"] = parts.sequential(
                 work=work,
@@ -186,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
                 cf=cf,
                 mm=mm,
                 loadgen=binaries["loadgen"],
-                ceiling_binary=binaries["ceiling"],
+                ceiling=ceiling,
                 rounds=args.rounds,
                 log=log,
             )
             postfix.close()
+            ceiling.stop()
         if "concurrent" in selected:
             assert mm is not None
             log("concurrent load")

@@ -108,37 +108,6 @@ def sequential(
     cf: Path,
     mm: Mailmapd,
     loadgen: Path,
-    ceiling_binary: Path,
-    rounds: int,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
-    ceiling = Ceiling(ceiling_binary)
-    try:
-        return _sequential(
-            work=work,
-            data=data,
-            keys=keys,
-            postfix_config=postfix_config,
-            cf=cf,
-            mm=mm,
-            loadgen=loadgen,
-            ceiling=ceiling,
-            rounds=rounds,
-            log=log,
-        )
-    finally:
-        ceiling.stop()
-
-
-def _sequential(
-    *,
-    work: Path,
-    data: datagen.Dataset,
-    keys: Sequence[tuple[str, str]],
-    postfix_config: Path,
-    cf: Path,
-    mm: Mailmapd,
-    loadgen: Path,
     ceiling: Ceiling,
     rounds: int,
     log: Callable[[str], None],
