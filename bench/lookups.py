@@ -13,7 +13,8 @@ it builds bench/loadgen.c and bench/ceiling.c with ``cc -O2``. Everything listen
 Parts:
 
 - sequential: ``postmap -q -`` (one process, keys on stdin) against mysql:, proxy:mysql:,
-  mailmapd socketmap cold and warm, and mailmapd tcp_table warm, alternating over rounds;
+  mailmapd socketmap cold and warm, mailmapd tcp_table warm and the ceiling, alternating over
+  rounds; from these, the bound for a cold lookup through any socketmap server;
 - concurrent: N persistent connections, one request outstanding each, against the ceiling
   and mailmapd (socketmap and tcp_table, warm): throughput and p50/p99/p99.9 latency;
 - memory: RSS of mailmapd holding 100,000 and 1,000,000 cached answers (SQLite backend);

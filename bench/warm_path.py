@@ -3,12 +3,17 @@
     python bench/warm_path.py                          # 50 connections, 5 rounds of 3 s, each loop
     python bench/warm_path.py --loops uvloop --connections 1,50
     python bench/warm_path.py --tree before=/tmp/mm-old --tree after=.   # two source trees, one run
+    python bench/warm_path.py --loops uvloop --floor   # also the Python floor (a constant per read)
     python bench/warm_path.py serve --loop uvloop      # only the server: prints its port, for py-spy
 
 The server side is mailmapd's own parts, in a process of their own: a Config, the Resolver that
 ``make_resolver`` builds (real maps, real cache, real metrics on a registry), the Server and its
 socketmap and tcp_table handlers, on 127.0.0.1 port 0. Only the database is replaced, by a dict
 of 5,000 mailboxes; every key is asked once before the load, so the load is all cache hits.
+
+With ``--floor``, a third kind of server runs beside them: the Python floor, an asyncio
+Protocol on the same event loop that writes a constant for every read, the least any Python
+server can cost per request.
 
 The load comes from bench/loadgen.c: N persistent connections, one request outstanding on
 each, the next sent as soon as the reply arrived. The reference is bench/ceiling.c, a C
