@@ -55,11 +55,8 @@ def machine() -> str:
 
 @contextlib.contextmanager
 def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="mmrel-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="mmrel-", dir="/tmp", ignore_cleanup_errors=True) as path:
+        yield Path(path)
 
 
 @contextlib.asynccontextmanager

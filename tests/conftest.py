@@ -3,7 +3,6 @@ in-process mailmapd bound to port 0."""
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -91,8 +90,5 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
     """A short directory for unix sockets (sun_path holds 108 bytes; tmp_path can be longer)."""
-    path = Path(tempfile.mkdtemp(prefix="mm-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="mm-", dir="/tmp", ignore_cleanup_errors=True) as path:
+        yield Path(path)
