@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -68,9 +69,14 @@ class DictBackend:
         self.dialect = SQLITE
         self._rows = {key: key.partition("@")[2] + "/" + key.partition("@")[0] + "/" for key in keys}
 
-    async def fetch(self, _sql: str, params: Sequence[str]) -> list[tuple[Any, ...]]:
-        value = self._rows.get(params[0]) if params else None
-        return [(value,)] if value is not None else []
+    async def fetch(self, sql: str, params: Sequence[str], _lane: str | None = None) -> list[tuple[Any, ...]]:
+        # A search order comes as one statement whose parts are tagged with their position
+        # (mailmapd.maps.combine); a tree from before that sends one key per query.
+        positions = [int(n) for n in re.findall(r"SELECT (\d+) AS mailmapd_position", sql)]
+        if not positions:
+            value = self._rows.get(params[0]) if params else None
+            return [(value,)] if value is not None else []
+        return [(n, self._rows[key]) for n, key in zip(positions, params, strict=True) if key in self._rows]
 
     async def close(self) -> None:
         pass

@@ -134,6 +134,9 @@ class LookupConfig:
     # Seconds one lookup may take, its whole search order included, before it answers
     # TEMP. Postfix waits 100 s; answering well before keeps its processes moving.
     timeout: float = 5.0
+    # Send a search order as one statement (maps.py, Queries); false: one query per key, as
+    # Postfix does.
+    combine_queries: bool = True
 
 
 @dataclass(frozen=True, slots=True)

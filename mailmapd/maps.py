@@ -25,15 +25,19 @@ no space, NULL and '' skipped; nothing left means not found.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mailmapd.backends import BackendError
 from mailmapd.sqltemplate import CompiledQuery, QueryTemplate
 
 if TYPE_CHECKING:
     from mailmapd.backends import Backend, Row
     from mailmapd.config import Config
+
+log = logging.getLogger(__name__)
 
 _MAX_LABELS = 127
 
@@ -158,47 +162,113 @@ class Map(Protocol):
 
 
 class Source(Protocol):
-    """Where a map's values come from: one query (or a fake in unit tests)."""
+    """Where a map's values come from: its queries on a backend (or a fake in unit tests)."""
 
-    async def value(self, key: str) -> str | None: ...
+    async def first(self, asks: Sequence[tuple[int, str]]) -> tuple[int, str] | None:
+        """Ask each (query number, key) in order; the position and value of the first with a value."""
+        ...
 
 
-class Query:
-    """One query template compiled for one backend."""
+class Queries:
+    """A map's query templates on one backend, asked together: a search in one round trip.
 
-    def __init__(self, template: str, backend: Backend) -> None:
-        self._compiled: CompiledQuery = QueryTemplate.parse(template).compile(backend.dialect)
+    Postfix sends one query per key of a search order, and waits for each answer before the
+    next. The same search here is one statement: each (query, key) becomes a derived table
+    tagged with its position, the parts joined by UNION ALL, and the answer is the first
+    position whose rows leave a value (``combine``). The database does a few more index
+    lookups; the lookup waits for one round trip instead of one per key.
+
+    ``lookup.combine_queries = false`` sends the queries one by one, as Postfix does; so do two
+    other things. A non-ASCII key: a column that cannot
+    hold its characters fails the statement it is in ("illegal mix of collations"), and the
+    shorter keys of the search must still be asked. And a template that cannot stand as a
+    derived table (two columns of one name, a trailing semicolon, templates of different
+    widths): when the combined statement fails and the queries one by one do not, the map
+    asks one by one from then on, and says so once in the log (INFO).
+    """
+
+    def __init__(self, name: str, templates: Sequence[str], backend: Backend, *, combine: bool = True) -> None:
+        self._name = name
+        self._compiled: tuple[CompiledQuery, ...] = tuple(
+            QueryTemplate.parse(t).compile(backend.dialect) for t in templates
+        )
         self._backend = backend
+        self._combine = combine
 
-    async def value(self, key: str) -> str | None:
-        params = self._compiled.params(fold(key))
-        if params is None:
-            return None
-        return join_rows(await self._backend.fetch(self._compiled.sql, params))
+    async def first(self, asks: Sequence[tuple[int, str]]) -> tuple[int, str] | None:
+        parts: list[tuple[int, str, tuple[str, ...]]] = []
+        for position, (number, key) in enumerate(asks):
+            compiled = self._compiled[number]
+            params = compiled.params(fold(key))
+            if params is not None:  # a key that cannot fill the template is not asked
+                parts.append((position, compiled.sql, params))
+        if len(parts) < 2 or not self._combine or not all(key.isascii() for _, key in asks):  # noqa: PLR2004
+            return await self._one_by_one(parts)
+        sql, values = combine(parts)
+        try:
+            return first_value(await self._backend.fetch(sql, values, self._name))
+        except BackendError as exc:
+            if exc.reason != "query":
+                raise
+            found = await self._one_by_one(parts)  # raises the same way if a query itself is bad
+            self._combine = False
+            log.info("map %s: its queries cannot run as one statement (%s); asking one key at a time", self._name, exc)
+            return found
+
+    async def _one_by_one(self, parts: Sequence[tuple[int, str, tuple[str, ...]]]) -> tuple[int, str] | None:
+        for position, sql, params in parts:
+            value = join_rows(await self._backend.fetch(sql, params, self._name))
+            if value is not None:
+                return position, value
+        return None
+
+
+def combine(parts: Sequence[tuple[int, str, Sequence[str]]]) -> tuple[str, list[str]]:
+    """One statement asking every (position, sql, params) part; each row starts with its position.
+
+    The newlines end any ``--`` or ``#`` comment at the end of a template.
+    """
+    sql = "\nUNION ALL\n".join(
+        # The keys stay bound parameters: only the templates and the positions are SQL text.
+        f"SELECT {position:d} AS mailmapd_position, q.* FROM (\n{text}\n) AS q"  # noqa: S608
+        for position, text, _ in parts
+    )
+    return sql, [p for _, _, params in parts for p in params]
+
+
+def first_value(rows: Sequence[Row]) -> tuple[int, str] | None:
+    """The first position whose rows leave a value (rows of a ``combine`` statement)."""
+    by_position: dict[int, list[Row]] = {}
+    for row in rows:
+        by_position.setdefault(int(row[0]), []).append(row[1:])
+    for position in sorted(by_position):
+        value = join_rows(by_position[position])
+        if value is not None:
+            return position, value
+    return None
 
 
 class ExactMap:
     """One query, the key as given (domains, forwardings, email2email)."""
 
-    def __init__(self, query: Source) -> None:
-        self._query = query
+    def __init__(self, source: Source) -> None:
+        self._source = source
 
     async def lookup(self, key: str) -> str | None:
-        return await self._query.value(key)
+        found = await self._source.first([(0, key)])
+        return found[1] if found is not None else None
 
 
 class SearchMap:
-    """One query, tried with each key of a search order until one has a value."""
+    """One query, with each key of a search order: the first key that has a value wins."""
 
-    def __init__(self, query: Source, order: Callable[[str], list[str]]) -> None:
-        self._query = query
+    def __init__(self, source: Source, order: Callable[[str], list[str]]) -> None:
+        self._source = source
         self._order = order
 
     async def lookup(self, key: str) -> str | None:
-        for variant in self._order(key):
-            if (value := await self._query.value(variant)) is not None:
-                return value
-        return None
+        found = await self._source.first([(0, variant) for variant in self._order(key)])
+        return found[1] if found is not None else None
 
 
 class AliasMap:
@@ -207,23 +277,25 @@ class AliasMap:
     Every table is tried with one key before the next key, which is what keeps a catch-all
     ``@domain`` forwarding from swallowing mail for real mailboxes. A match found with the
     extension stripped carries the extension onto each address; a catch-all match does not.
+    The source's queries are the tables, in order.
     """
 
-    def __init__(self, tables: Sequence[Source], delimiters: str, *, propagate: bool) -> None:
-        self._tables = tuple(tables)
+    def __init__(self, source: Source, tables: int, delimiters: str, *, propagate: bool) -> None:
+        self._source = source
+        self._tables = tables
         self._delimiters = delimiters
         self._propagate = propagate
 
     async def lookup(self, key: str) -> str | None:
-        for variant in address_variants(key, self._delimiters):
-            for table in self._tables:
-                value = await table.value(variant.key)
-                if value is None:
-                    continue
-                if self._propagate and variant.extension:
-                    return add_extension(value, variant.extension) or None
-                return value
-        return None
+        variants = address_variants(key, self._delimiters)
+        found = await self._source.first([(table, v.key) for v in variants for table in range(self._tables)])
+        if found is None:
+            return None
+        position, value = found
+        extension = variants[position // self._tables].extension
+        if self._propagate and extension:
+            return add_extension(value, extension) or None
+        return value
 
 
 def build_maps(cfg: Config, backend: Backend) -> dict[str, Map]:
@@ -233,20 +305,21 @@ def build_maps(cfg: Config, backend: Backend) -> dict[str, Map]:
     def address_order(key: str) -> list[str]:
         return [v.key for v in address_variants(key, delim)]
 
-    queries = {
-        name: Query(cfg.query_for(name), backend)
-        for name in ("domains", "forwardings", "mailboxes", "email2email", "transports", "quota")
-    }
+    def queries(name: str, *tables: str) -> Queries:
+        templates = [cfg.query_for(table) for table in tables or (name,)]
+        return Queries(name, templates, backend, combine=cfg.lookup.combine_queries)
+
     return {
-        "domains": ExactMap(queries["domains"]),
-        "mailboxes": SearchMap(queries["mailboxes"], address_order),
+        "domains": ExactMap(queries("domains")),
+        "mailboxes": SearchMap(queries("mailboxes"), address_order),
         "aliases": AliasMap(
-            [queries["forwardings"], queries["email2email"]],
+            queries("aliases", "forwardings", "email2email"),
+            2,
             delim,
             propagate=cfg.map_config("aliases").propagate_extension,
         ),
-        "transports": SearchMap(queries["transports"], lambda key: transport_variants(key, delim)),
-        "quota": SearchMap(queries["quota"], address_order),
-        "forwardings": ExactMap(queries["forwardings"]),
-        "email2email": ExactMap(queries["email2email"]),
+        "transports": SearchMap(queries("transports"), lambda key: transport_variants(key, delim)),
+        "quota": SearchMap(queries("quota"), address_order),
+        "forwardings": ExactMap(queries("forwardings")),
+        "email2email": ExactMap(queries("email2email")),
     }

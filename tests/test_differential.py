@@ -68,10 +68,15 @@ def test_oracle_sees_the_awkward_cases(expected: dict[str, dict[str, str | None]
     assert aliases["x' OR '1'='1"] is None
 
 
+@pytest.mark.parametrize("combine", [True, False], ids=["one-statement", "one-query-per-key"])
 async def test_socketmap_equals_postfix_mysql(
-    tutorial_account: DatabaseAccount, oracle: PostfixOracle, expected: dict[str, dict[str, str | None]]
+    tutorial_account: DatabaseAccount,
+    oracle: PostfixOracle,
+    expected: dict[str, dict[str, str | None]],
+    combine: bool,
 ) -> None:
-    cfg = make_config(mysql_url(tutorial_account), [{"protocol": "socketmap", "address": "inet:127.0.0.1:0"}])
+    listen = [{"protocol": "socketmap", "address": "inet:127.0.0.1:0"}]
+    cfg = make_config(mysql_url(tutorial_account), listen, lookup={"combine_queries": combine})
     async with running_mailmapd(cfg) as server:
         host, port = server.sockets[0][1]
         problems: list[str] = []
@@ -95,10 +100,11 @@ async def test_tcp_table_equals_postfix_mysql(
     assert not differences(got, expected[map_name]), "\n".join(differences(got, expected[map_name]))
 
 
+@pytest.mark.parametrize("combine", [True, False], ids=["one-statement", "one-query-per-key"])
 async def test_sqlite_backend_gives_the_same_answers(
-    sqlite_url: str, expected: dict[str, dict[str, str | None]]
+    sqlite_url: str, expected: dict[str, dict[str, str | None]], combine: bool
 ) -> None:
-    cfg = make_config(sqlite_url)
+    cfg = make_config(sqlite_url, lookup={"combine_queries": combine})
     backend = SQLiteBackend(cfg.database)
     try:
         for sql, params in tutorial_data.insert_statements("?"):

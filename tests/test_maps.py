@@ -2,35 +2,44 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import pytest
 
+from mailmapd.backends import BackendError, Row
 from mailmapd.maps import (
     AliasMap,
     ExactMap,
-    Query,
+    Queries,
     SearchMap,
     Variant,
     add_extension,
     address_variants,
+    build_maps,
+    combine,
+    first_value,
     join_rows,
     split_extension,
     transport_variants,
 )
 from mailmapd.sqltemplate import SQLITE
+from tests.conftest import make_config
 
 
 class FakeSource:
-    """A table as a dict; records every key it is asked, in order."""
+    """Tables as dicts (query number n is tables[n]); records every key it is asked, in order."""
 
-    def __init__(self, rows: dict[str, str]) -> None:
-        self.rows = rows
+    def __init__(self, *tables: dict[str, str]) -> None:
+        self.tables = tables
         self.asked: list[str] = []
 
-    async def value(self, key: str) -> str | None:
-        self.asked.append(key)
-        return self.rows.get(key)
+    async def first(self, asks: Sequence[tuple[int, str]]) -> tuple[int, str] | None:
+        for position, (number, key) in enumerate(asks):
+            self.asked.append(key)
+            if (value := self.tables[number].get(key)) is not None:
+                return position, value
+        return None
 
 
 @pytest.mark.parametrize(
@@ -136,57 +145,178 @@ async def test_exact_map_asks_only_the_key() -> None:
 
 async def test_aliases_try_both_tables_per_key_before_the_catch_all() -> None:
     """The reason email2email exists: a real mailbox wins over the @domain catch-all."""
-    forwardings = FakeSource({"@d.test": "catch@d.test"})
-    email2email = FakeSource({"real@d.test": "real@d.test"})
-    aliases = AliasMap([forwardings, email2email], "+", propagate=True)
+    tables = FakeSource({"@d.test": "catch@d.test"}, {"real@d.test": "real@d.test"})
+    aliases = AliasMap(tables, 2, "+", propagate=True)
     assert await aliases.lookup("real@d.test") == "real@d.test"
-    assert forwardings.asked == ["real@d.test"]
+    assert tables.asked == ["real@d.test", "real@d.test"]  # forwardings, then email2email
+    tables.asked.clear()
     assert await aliases.lookup("other@d.test") == "catch@d.test"
+    assert tables.asked == ["other@d.test", "other@d.test", "@d.test"]
 
 
 async def test_aliases_propagate_the_extension_of_a_stripped_match() -> None:
-    forwardings = FakeSource({"info@d.test": "a@x.test, b@y.test", "@d.test": "catch@d.test"})
-    aliases = AliasMap([forwardings, FakeSource({})], "+", propagate=True)
+    forwardings = FakeSource({"info@d.test": "a@x.test, b@y.test", "@d.test": "catch@d.test"}, {})
+    aliases = AliasMap(forwardings, 2, "+", propagate=True)
     assert await aliases.lookup("info+sales@d.test") == "a+sales@x.test,b+sales@y.test"
     # A catch-all match carries no extension, as Postfix does.
     assert await aliases.lookup("who+sales@d.test") == "catch@d.test"
 
 
 async def test_aliases_full_key_match_is_returned_as_is() -> None:
-    forwardings = FakeSource({"list+admin@d.test": "a@x.test, b@y.test"})
-    aliases = AliasMap([forwardings, FakeSource({})], "+", propagate=True)
+    forwardings = FakeSource({"list+admin@d.test": "a@x.test, b@y.test"}, {})
+    aliases = AliasMap(forwardings, 2, "+", propagate=True)
     assert await aliases.lookup("list+admin@d.test") == "a@x.test, b@y.test"
 
 
 async def test_aliases_without_propagation() -> None:
-    forwardings = FakeSource({"info@d.test": "a@x.test"})
-    aliases = AliasMap([forwardings, FakeSource({})], "+", propagate=False)
+    forwardings = FakeSource({"info@d.test": "a@x.test"}, {})
+    aliases = AliasMap(forwardings, 2, "+", propagate=False)
     assert await aliases.lookup("info+sales@d.test") == "a@x.test"
 
 
+class Recording:
+    """A backend that records each statement and answers from a list of row sets."""
+
+    dialect = SQLITE
+
+    def __init__(self, *answers: list[Row] | BackendError) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[str, tuple[str, ...], str | None]] = []
+
+    async def fetch(self, sql: str, params: Sequence[str], lane: str | None = None) -> list[Row]:
+        self.calls.append((sql, tuple(params), lane))
+        answer = self.answers.pop(0) if self.answers else []
+        if isinstance(answer, BackendError):
+            raise answer
+        return answer
+
+    async def close(self) -> None:
+        pass
+
+
 async def test_query_keys_are_case_folded_as_postfix_folds_them() -> None:
-    class Recording:
-        dialect = SQLITE
-
-        def __init__(self) -> None:
-            self.params: list[tuple[str, ...]] = []
-
-        async def fetch(self, sql: str, params: Sequence[str]) -> list[tuple[object, ...]]:
-            self.params.append(tuple(params))
-            return []
-
-        async def close(self) -> None:
-            pass
-
     backend = Recording()
-    await ExactMap(Query("SELECT 1 FROM t WHERE k='%s'", backend)).lookup("JOSÉ@STRAßE.TEST")
-    assert backend.params == [("josé@strasse.test",)]
+    await ExactMap(Queries("domains", ["SELECT 1 FROM t WHERE k='%s'"], backend)).lookup("JOSÉ@STRAßE.TEST")
+    assert [params for _, params, _ in backend.calls] == [("josé@strasse.test",)]
+
+
+async def test_a_search_order_is_one_statement_with_the_keys_bound() -> None:
+    backend = Recording([(2, "catchall/"), (1, "d.test/u/")])
+    source = Queries("mailboxes", ["SELECT v FROM t WHERE k='%s'"], backend)
+    found = await SearchMap(source, lambda k: [v.key for v in address_variants(k, "+")]).lookup("U+x@d.test")
+    assert found == "d.test/u/"  # position 1 (u@d.test) comes before 2 (@d.test), whatever the row order
+    [(sql, params, lane)] = backend.calls
+    assert params == ("u+x@d.test", "u@d.test", "@d.test")
+    assert lane == "mailboxes"
+    assert "d.test" not in sql
+    assert sql == (
+        "SELECT 0 AS mailmapd_position, q.* FROM (\nSELECT v FROM t WHERE k=?\n) AS q\nUNION ALL\n"
+        "SELECT 1 AS mailmapd_position, q.* FROM (\nSELECT v FROM t WHERE k=?\n) AS q\nUNION ALL\n"
+        "SELECT 2 AS mailmapd_position, q.* FROM (\nSELECT v FROM t WHERE k=?\n) AS q"
+    )
+
+
+async def test_aliases_ask_both_tables_in_one_statement_and_keep_the_extension_of_the_key_found() -> None:
+    backend = Recording([(3, "a@x.test")])  # position 3: email2email with info@d.test
+    source = Queries("aliases", ["SELECT f FROM fw WHERE s='%s'", "SELECT e FROM ee WHERE e='%s'"], backend)
+    assert await AliasMap(source, 2, "+", propagate=True).lookup("info+sales@d.test") == "a+sales@x.test"
+    [(sql, params, _)] = backend.calls
+    assert params == ("info+sales@d.test",) * 2 + ("info@d.test",) * 2 + ("@d.test",) * 2
+    assert sql.count("FROM fw") == sql.count("FROM ee") == 3
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        pytest.param([], None, id="no-rows"),
+        pytest.param([(0, None), (1, "x")], (1, "x"), id="null-is-no-value"),
+        pytest.param([(1, "b"), (0, ""), (1, "c"), (2, "d")], (1, "b,c"), id="all-rows-of-a-position"),
+        pytest.param([(2, "late"), (0, "a", None, "b")], (0, "a,b"), id="lowest-position-wins"),
+    ],
+)
+def test_first_value(rows: list[Row], expected: tuple[int, str] | None) -> None:
+    assert first_value(rows) == expected
+
+
+def test_combine_ends_a_trailing_comment_before_the_next_part() -> None:
+    sql, params = combine([(0, "SELECT a FROM t WHERE k=? -- note", ("x",)), (4, "SELECT b FROM u # note", ())])
+    assert params == ["x"]
+    assert "-- note\n) AS q\nUNION ALL\nSELECT 4 AS mailmapd_position" in sql
+    assert sql.endswith("# note\n) AS q")
+
+
+async def test_one_key_is_asked_as_its_own_query() -> None:
+    backend = Recording([("d.test",)])
+    assert await ExactMap(Queries("domains", ["SELECT d FROM t WHERE d='%s'"], backend)).lookup("d.test") == "d.test"
+    assert backend.calls == [("SELECT d FROM t WHERE d=?", ("d.test",), "domains")]
+
+
+async def test_keys_that_cannot_fill_the_template_are_left_out_of_the_statement() -> None:
+    backend = Recording([("x",)])
+    source = Queries("mailboxes", ["SELECT v FROM t WHERE u='%u' AND d='%d'"], backend)
+    # "@d.test" has an empty local part: %u cannot be filled, so only u@d.test is asked.
+    assert await SearchMap(source, lambda k: [v.key for v in address_variants(k, "+")]).lookup("u@d.test") == "x"
+    assert backend.calls == [("SELECT v FROM t WHERE u=? AND d=?", ("u", "d.test"), "mailboxes")]
+
+
+async def test_a_non_ascii_key_is_asked_one_key_at_a_time() -> None:
+    """A column that cannot hold the key's characters fails the statement it is in; @domain
+    must still be asked on its own."""
+    backend = Recording([], [("catchall/",)])
+    source = Queries("mailboxes", ["SELECT v FROM t WHERE k='%s'"], backend)
+    assert await SearchMap(source, lambda k: [v.key for v in address_variants(k, "+")]).lookup("jü@d.test") == (
+        "catchall/"
+    )
+    assert [params for _, params, _ in backend.calls] == [("jü@d.test",), ("@d.test",)]
+
+
+async def test_templates_that_cannot_be_combined_are_asked_one_by_one_from_then_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused = BackendError("query", 'sqlite: near ";": syntax error')
+    backend = Recording(refused, [], [("catchall/",)], [("u/",)])
+    source = Queries("mailboxes", ["SELECT v FROM t WHERE k='%s';"], backend)
+    search = SearchMap(source, lambda k: [v.key for v in address_variants(k, "+")])
+    with caplog.at_level(logging.INFO, logger="mailmapd.maps"):
+        assert await search.lookup("u@d.test") == "catchall/"
+        assert await search.lookup("u@d.test") == "u/"
+    assert [len(params) for _, params, _ in backend.calls] == [2, 1, 1, 1]
+    message = 'map mailboxes: its queries cannot run as one statement (sqlite: near ";": syntax error)'
+    assert [r.getMessage() for r in caplog.records] == [message + "; asking one key at a time"]
+
+
+async def test_a_query_that_fails_alone_too_raises_and_keeps_combining() -> None:
+    """A missing table is the query's fault, not the combination's: the error is the lookup's,
+    and the next lookup is combined again."""
+    missing = BackendError("query", "no such table: t")
+    backend = Recording(missing, missing, [(0, "u/")])
+    search = SearchMap(Queries("mailboxes", ["SELECT v FROM t WHERE k='%s'"], backend), lambda k: [k, "@d.test"])
+    with pytest.raises(BackendError, match="no such table"):
+        await search.lookup("u@d.test")
+    assert await search.lookup("u@d.test") == "u/"
+    assert [len(params) for _, params, _ in backend.calls] == [2, 1, 2]
+
+
+async def test_combine_queries_false_asks_one_key_at_a_time() -> None:
+    cfg = make_config("sqlite:///unused.db", lookup={"combine_queries": False})
+    backend = Recording([], [], [("catchall/",)])
+    assert await build_maps(cfg, backend)["mailboxes"].lookup("u+x@d.test") == "catchall/"
+    assert [params for _, params, _ in backend.calls] == [("u+x@d.test",), ("u@d.test",), ("@d.test",)]
+    assert all("UNION" not in sql for sql, _, _ in backend.calls)
+
+
+async def test_a_database_outage_is_not_taken_for_a_template_that_cannot_be_combined() -> None:
+    backend = Recording(BackendError("timeout", "slow"), [(0, "u/")])
+    search = SearchMap(Queries("mailboxes", ["SELECT v FROM t WHERE k='%s'"], backend), lambda k: [k, "@d.test"])
+    with pytest.raises(BackendError, match="slow"):
+        await search.lookup("u@d.test")
+    assert await search.lookup("u@d.test") == "u/"
+    assert [len(params) for _, params, _ in backend.calls] == [2, 2]
 
 
 async def test_propagated_extension_keeps_its_case() -> None:
     """Postfix strips the extension from the address as sent and folds only the query key."""
-    forwardings = FakeSource({"info@d.test": "a@x.test"})
-    aliases = AliasMap([forwardings, FakeSource({})], "+", propagate=True)
+    forwardings = FakeSource({"INFO@d.test": "a@x.test"}, {})
+    aliases = AliasMap(forwardings, 2, "+", propagate=True)
     # FakeSource does no folding: the variant reaching it keeps the sender's case.
-    forwardings.rows["INFO@d.test"] = "a@x.test"
     assert await aliases.lookup("INFO+Sales@d.test") == "a+Sales@x.test"

@@ -16,6 +16,7 @@ import pytest
 from mailmapd.backends import BackendError
 from mailmapd.backends.mysql import MySQLBackend
 from mailmapd.daemon import make_resolver
+from mailmapd.maps import combine
 from mailmapd.proto import Found, NotFound, TempFail
 from tests.conftest import load_tutorial_mysql, make_config, mysql_url
 from tests.support.mariadb import DatabaseAccount, MariaDB
@@ -185,24 +186,34 @@ async def test_a_stalled_query_holds_only_its_own_lanes_connections(
     """users locked; lookups on it give up at their deadline again and again: they hold at most
     pool_size connections (the given-up queries keep theirs until they finish, no new one per
     lookup), a query on another table is answered meanwhile, and the stalled ones are answered
-    once the lock goes."""
+    once the lock goes. A lane is a map's: its statements differ (one key, or a search order of
+    two or three in one statement) and share its connections."""
     from tests.reliability_support import threads_connected, users_locked  # noqa: PLC0415 - helpers of that suite
 
     cfg = make_config(mysql_url(own_db), database={"url": mysql_url(own_db), "pool_size": 2})
     backend = MySQLBackend(cfg.database)
     users = "SELECT email FROM users WHERE email = %s"
+    searches = [
+        combine([(i, users, [key]) for i, key in enumerate(keys)])
+        for keys in (["a@x"], ["a@x", "@x"], ["a+b@x", "a@x", "@x"])
+    ]
     domains = "SELECT domain FROM domains WHERE domain = %s"
     try:
-        assert await backend.fetch(domains, ["example.test"]) == [("example.test",)]
+        assert await backend.fetch(domains, ["example.test"], "domains") == [("example.test",)]
         with users_locked(own_db):
             before = threads_connected(private_mariadb)
-            for _ in range(10):
+            for i in range(10):
+                sql, params = searches[i % len(searches)]
                 with pytest.raises(TimeoutError):
-                    await asyncio.wait_for(backend.fetch(users, ["sales@example.test"]), 0.05)
-            assert await asyncio.wait_for(backend.fetch(domains, ["example.test"]), 1.0) == [("example.test",)]
+                    await asyncio.wait_for(backend.fetch(sql, params, "mailboxes"), 0.05)
+            assert await asyncio.wait_for(backend.fetch(domains, ["example.test"], "domains"), 1.0) == [
+                ("example.test",)
+            ]
             # The users lane opened its 2 connections; the domains lane reused its own.
             assert threads_connected(private_mariadb) - before == 2
-        assert await asyncio.wait_for(backend.fetch(users, ["sales@example.test"]), 5.0) == [("sales@example.test",)]
+        assert await asyncio.wait_for(backend.fetch(users, ["sales@example.test"], "mailboxes"), 5.0) == [
+            ("sales@example.test",)
+        ]
     finally:
         await backend.close()
 

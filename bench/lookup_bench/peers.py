@@ -108,6 +108,7 @@ class MailmapdConfig:
     max_entries: int = 1_000_000
     tcp_map: str | None = "mailboxes"
     pool_size: int = 10
+    combine_queries: bool = True
 
     def toml(self, control: Path) -> str:
         lines = [
@@ -118,6 +119,7 @@ class MailmapdConfig:
             f"pool_size = {self.pool_size}",
             "[lookup]",
             "timeout = 10.0",
+            f"combine_queries = {'true' if self.combine_queries else 'false'}",
             "[cache]",
             f"positive_ttl = {self.positive_ttl!r}",
             f"negative_ttl = {self.negative_ttl!r}",

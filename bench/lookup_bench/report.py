@@ -346,8 +346,9 @@ def _efficiency_md(eff: dict[str, Any]) -> list[str]:
     out += [
         "",
         (
-            "With the cache off, mailmapd sends what Postfix's own mysql: and proxy:mysql: clients send "
-            "for the same lookups (it walks the same search orders), so that row is their cost."
+            "Each search order is one statement (docs/maps.md). The last row, with `combine_queries = false`, "
+            "sends one query per key and waits for each answer, as Postfix's own mysql: and proxy:mysql: "
+            "clients do for the same lookups (mailmapd walks the same search orders): that row is their cost."
         ),
         "",
     ]

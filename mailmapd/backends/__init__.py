@@ -28,8 +28,10 @@ class BackendError(Exception):
 class Backend(Protocol):
     dialect: Dialect
 
-    async def fetch(self, sql: str, params: Sequence[str]) -> list[Row]:
-        """Run one SELECT; raise BackendError when the database cannot answer."""
+    async def fetch(self, sql: str, params: Sequence[str], lane: str | None = None) -> list[Row]:
+        """Run one SELECT; raise BackendError when the database cannot answer.
+
+        ``lane`` names the connections it may use (a map's name); by default the SQL text's own."""
         ...
 
     async def close(self) -> None: ...
@@ -43,11 +45,11 @@ class TimedBackend:
         self._inner = inner
         self._on_query = on_query
 
-    async def fetch(self, sql: str, params: Sequence[str]) -> list[Row]:
+    async def fetch(self, sql: str, params: Sequence[str], lane: str | None = None) -> list[Row]:
         started = time.perf_counter()
         ok = False
         try:
-            rows = await self._inner.fetch(sql, params)
+            rows = await self._inner.fetch(sql, params, lane)
             ok = True
         finally:
             self._on_query(time.perf_counter() - started, ok)

@@ -1,6 +1,6 @@
 """MySQL and MariaDB through aiomysql: the production backend.
 
-Each query has its own few connections to each host (``_Lane``). Hosts are used in the
+Each map has its own few connections to each host (``_Lane``). Hosts are used in the
 order the URL lists them; a host that fails is skipped for ``retry_interval`` seconds while
 another host is available (mysql_table(5)'s ``hosts`` and ``retry_interval``). When every
 host is marked failed they are all tried again anyway, so a database that comes back is
@@ -63,11 +63,11 @@ class _BusyHostError(Exception):
 
 
 class _Lane:
-    """The connections one query may hold on one host: its own ``pool_size``.
+    """The connections one map's queries may hold on one host: its own ``pool_size``.
 
-    Each query (each map's, in practice) gets its own, as each of Postfix's mysql: tables keeps
-    its own connection: lookups stuck on a locked table then hold only their own connections,
-    and the other maps keep answering.
+    Each map gets its own, as each of Postfix's mysql: tables keeps its own connection:
+    lookups stuck on a locked table then hold only their own connections, and the other maps
+    keep answering.
     """
 
     __slots__ = ("connecting", "idle", "slots")
@@ -96,7 +96,7 @@ class _Lane:
 class _Host:
     label: str
     kwargs: dict[str, Any]
-    lanes: dict[str, _Lane] = field(default_factory=dict)  # by SQL text: a bounded set
+    lanes: dict[str, _Lane] = field(default_factory=dict)  # by map name or SQL text: a bounded set
     failed_until: float = 0.0
 
 
@@ -158,8 +158,8 @@ class MySQLBackend:
         usable = [h for h in self._hosts if h.failed_until <= now]
         return usable or sorted(self._hosts, key=lambda h: h.failed_until)
 
-    async def fetch(self, sql: str, params: Sequence[str]) -> list[Row]:
-        rows, _ = await self._on_first_host(sql, params, retry=True)
+    async def fetch(self, sql: str, params: Sequence[str], lane: str | None = None) -> list[Row]:
+        rows, _ = await self._on_first_host(sql, params, retry=True, lane=lane)
         return rows
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
@@ -169,7 +169,9 @@ class MySQLBackend:
         _, count = await self._on_first_host(sql, params, retry=False)
         return count
 
-    async def _on_first_host(self, sql: str, params: Sequence[object], *, retry: bool) -> tuple[list[Row], int]:
+    async def _on_first_host(
+        self, sql: str, params: Sequence[object], *, retry: bool, lane: str | None = None
+    ) -> tuple[list[Row], int]:
         last: BaseException | None = None
         candidates = self._candidates()
         # spare: another host follows. A host passed over while busy is appended, to be asked
@@ -179,13 +181,13 @@ class MySQLBackend:
         for host, spare in order:
             try:
                 try:
-                    return await self._run_on(host, sql, params, spare=spare)
+                    return await self._run_on(host, sql, params, spare=spare, lane_name=lane)
                 except _LostConnectionError:
                     if not retry:
                         raise
                     # A pooled connection the server had closed (wait_timeout, restart):
                     # one more try on a fresh connection before blaming the host.
-                    return await self._run_on(host, sql, params, spare=spare, fresh=True)
+                    return await self._run_on(host, sql, params, spare=spare, lane_name=lane, fresh=True)
             except _BusyHostError:
                 order.append((host, False))
                 continue
@@ -199,13 +201,21 @@ class MySQLBackend:
         raise BackendError("connect", f"no database host answered: {_describe(last)}")
 
     async def _run_on(
-        self, host: _Host, sql: str, params: Sequence[object], *, spare: bool, fresh: bool = False
+        self,
+        host: _Host,
+        sql: str,
+        params: Sequence[object],
+        *,
+        spare: bool,
+        lane_name: str | None = None,
+        fresh: bool = False,
     ) -> tuple[list[Row], int]:
         if self._closed:
             raise BackendError("connect", "the database connections are closed (stopping or reloaded)")
-        lane = host.lanes.get(sql)
+        name = lane_name or sql
+        lane = host.lanes.get(name)
         if lane is None:
-            lane = host.lanes[sql] = _Lane(self._pool_size)
+            lane = host.lanes[name] = _Lane(self._pool_size)
         # Waiting for a busy lane is not the host's fault: on the last host the lookup
         # deadline bounds it. With a spare host, a lookup waits at most connect_timeout, and
         # none goes on to a host that others found failing while it waited: queued behind the

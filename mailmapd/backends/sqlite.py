@@ -72,7 +72,7 @@ class SQLiteBackend:
                 log.info("opened sqlite database %s", self._path)
         return self._conn
 
-    async def fetch(self, sql: str, params: Sequence[str]) -> list[Row]:
+    async def fetch(self, sql: str, params: Sequence[str], lane: str | None = None) -> list[Row]:  # noqa: ARG002 - one connection
         try:
             conn = await self._connect()
             async with conn.execute(sql, tuple(params)) as cursor:
