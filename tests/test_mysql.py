@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
 import aiomysql
 import pymysql
 import pytest
 
-from mailmapd.backends import BackendError
+from mailmapd.backends import BackendError, Row
 from mailmapd.backends.mysql import MySQLBackend
 from mailmapd.daemon import make_resolver
 from mailmapd.maps import combine
@@ -40,6 +41,40 @@ async def test_lookups_on_mariadb(tutorial_account: DatabaseAccount) -> None:
         resolver = make_resolver(cfg, backend)
         assert await resolver.resolve(*MAILBOX) == EXPECTED
         assert await resolver.resolve("mailboxes", "nobody@unknown.test") == NotFound()
+    finally:
+        await backend.close()
+
+
+class CountingBackend:
+    """MySQLBackend, counting the statements it is asked to run."""
+
+    def __init__(self, inner: MySQLBackend) -> None:
+        self.dialect = inner.dialect
+        self.inner = inner
+        self.statements = 0
+
+    async def fetch(self, sql: str, params: Sequence[str], lane: str | None = None) -> list[Row]:
+        self.statements += 1
+        return await self.inner.fetch(sql, params, lane)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@pytest.mark.parametrize(("combine", "statements"), [(True, 1), (False, 127)])
+async def test_the_longest_transport_search_is_one_statement(
+    tutorial_account: DatabaseAccount, combine: bool, statements: int
+) -> None:
+    """An address in a 127-label domain: 130 keys (the address, without its extension, the
+    domain, its 126 parents, ``*``), found at the 127th (.sub.example.test). MariaDB takes the
+    130-part statement, and answers as the queries one by one do."""
+    key = "u+x@" + "a." * 124 + "sub.example.test"
+    cfg = make_config(mysql_url(tutorial_account), lookup={"combine_queries": combine})
+    backend = CountingBackend(MySQLBackend(cfg.database))
+    try:
+        resolver = make_resolver(cfg, backend)
+        assert await resolver.resolve("transports", key) == Found("smtp:[127.0.0.1]:2525")
+        assert backend.statements == statements
     finally:
         await backend.close()
 
