@@ -19,8 +19,9 @@ forwardings    (the seed's raw query)      the key
 email2email    (the seed's raw query)      the key
 =============  ==========================  ============================================
 
-Values are assembled as mysql_table(5) does: every column of every row, joined by "," with
-no space, NULL and '' skipped; nothing left means not found.
+The whole search goes to the database as one statement (``Queries``). Values are assembled
+as mysql_table(5) does: every column of every row, joined by "," with no space, NULL and ''
+skipped; nothing left means not found.
 """
 
 from __future__ import annotations
@@ -175,16 +176,16 @@ class Queries:
     Postfix sends one query per key of a search order, and waits for each answer before the
     next. The same search here is one statement: each (query, key) becomes a derived table
     tagged with its position, the parts joined by UNION ALL, and the answer is the first
-    position whose rows leave a value (``combine``). The database does a few more index
-    lookups; the lookup waits for one round trip instead of one per key.
+    position whose rows leave a value (``combine``). The database evaluates every part; the
+    lookup waits for one round trip instead of one per key.
 
-    ``lookup.combine_queries = false`` sends the queries one by one, as Postfix does; so do two
-    other things. A non-ASCII key: a column that cannot
-    hold its characters fails the statement it is in ("illegal mix of collations"), and the
-    shorter keys of the search must still be asked. And a template that cannot stand as a
-    derived table (two columns of one name, a trailing semicolon, templates of different
-    widths): when the combined statement fails and the queries one by one do not, the map
-    asks one by one from then on, and says so once in the log (INFO).
+    ``lookup.combine_queries = false`` sends the queries one by one, as Postfix does; so do
+    two other things. A non-ASCII key: a column that cannot hold its characters fails the
+    statement it is in ("illegal mix of collations"), and the shorter keys of the search must
+    still be asked. And a template that cannot stand as a derived table (two columns of one
+    name, a trailing semicolon, templates of different widths): when the combined statement
+    fails and the queries one by one do not, the map asks one by one from then on, and says
+    so once in the log (INFO).
     """
 
     def __init__(self, name: str, templates: Sequence[str], backend: Backend, *, combine: bool = True) -> None:
