@@ -19,13 +19,14 @@ forwardings    (the seed's raw query)      the key
 email2email    (the seed's raw query)      the key
 =============  ==========================  ============================================
 
-The whole search goes to the database as one statement (``Queries``). Values are assembled
+The whole search goes to the database as one statement per template (``Queries``). Values are assembled
 as mysql_table(5) does: every column of every row, joined by "," with no space, NULL and ''
 skipped; nothing left means not found.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -170,34 +171,37 @@ class Source(Protocol):
         ...
 
 
+Part = tuple[int, str, tuple[str, ...]]  # (position in the search, SQL, bound parameters)
+
+
 class Queries:
     """A map's query templates on one backend, asked together: a search in one round trip.
 
     Postfix sends one query per key of a search order, and waits for each answer before the
-    next. The same search here is one statement: each (query, key) becomes a derived table
-    tagged with its position, the parts joined by UNION ALL, and the answer is the first
-    position whose rows leave a value (``combine``). The database evaluates every part; the
-    lookup waits for one round trip instead of one per key.
+    next. The same search here is one statement per template: each key becomes a derived
+    table tagged with its position, the parts joined by UNION ALL (``combine``), and the
+    answer is the first position whose rows leave a value. ``aliases``, with two templates,
+    sends its two statements at once. The database evaluates every part; the lookup waits
+    for one round trip instead of one per key. Parts of different templates never share a
+    statement: UNION ALL would give their columns one type, and change values.
 
-    ``lookup.combine_queries = false`` sends the queries one by one, as Postfix does; so do
-    two other things. A non-ASCII key: a column that cannot hold its characters fails the
-    statement it is in ("illegal mix of collations"), and the shorter keys of the search must
-    still be asked. And a template that cannot stand as a derived table (two columns of one
-    name, a trailing semicolon, templates of different widths): when the combined statement
-    fails and the queries one by one do not, the map asks one by one from then on, and says
-    so once in the log (INFO).
+    One query per key, as Postfix does, with ``lookup.combine_queries = false``; for a map
+    with a template that has ORDER BY (MariaDB drops an ORDER BY without LIMIT inside a
+    derived table); and for a non-ASCII key (a column that cannot hold its characters fails
+    the statement it is in, "illegal mix of collations", and the shorter keys must still be
+    asked). When the database refuses the combined statement (two columns of one name, a
+    trailing semicolon), see ``_after_refusal``.
     """
 
     def __init__(self, name: str, templates: Sequence[str], backend: Backend, *, combine: bool = True) -> None:
+        parsed = [QueryTemplate.parse(t) for t in templates]
         self._name = name
-        self._compiled: tuple[CompiledQuery, ...] = tuple(
-            QueryTemplate.parse(t).compile(backend.dialect) for t in templates
-        )
+        self._compiled: tuple[CompiledQuery, ...] = tuple(t.compile(backend.dialect) for t in parsed)
         self._backend = backend
-        self._combine = combine
+        self._combine = combine and not any(t.orders_rows for t in parsed)
 
     async def first(self, asks: Sequence[tuple[int, str]]) -> tuple[int, str] | None:
-        parts: list[tuple[int, str, tuple[str, ...]]] = []
+        parts: list[Part] = []
         for position, (number, key) in enumerate(asks):
             compiled = self._compiled[number]
             params = compiled.params(fold(key))
@@ -205,23 +209,71 @@ class Queries:
                 parts.append((position, compiled.sql, params))
         if len(parts) < 2 or not self._combine or not all(key.isascii() for _, key in asks):  # noqa: PLR2004
             return await self._one_by_one(parts)
-        sql, values = combine(parts)
         try:
-            return first_value(await self._backend.fetch(sql, values, self._name))
+            return first_value(await self._together(parts))
         except BackendError as exc:
             if exc.reason != "query":
                 raise
-            found = await self._one_by_one(parts)  # raises the same way if a query itself is bad
-            self._combine = False
-            log.info("map %s: its queries cannot run as one statement (%s); asking one key at a time", self._name, exc)
-            return found
+            return await self._after_refusal(parts)
 
-    async def _one_by_one(self, parts: Sequence[tuple[int, str, tuple[str, ...]]]) -> tuple[int, str] | None:
+    async def _one_by_one(self, parts: Sequence[Part]) -> tuple[int, str] | None:
         for position, sql, params in parts:
             value = join_rows(await self._backend.fetch(sql, params, self._name))
             if value is not None:
                 return position, value
         return None
+
+    async def _together(self, parts: Sequence[Part]) -> list[Row]:
+        """Every part's rows, each led by its position: one statement per template, at once."""
+        by_template: dict[str, list[Part]] = {}
+        for part in parts:
+            by_template.setdefault(part[1], []).append(part)
+        groups = list(by_template.values())
+        if len(groups) == 1:
+            return await self._statement(groups[0])
+        rows: list[Row] = []
+        for result in await asyncio.gather(*map(self._statement, groups), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+            rows.extend(result)
+        return rows
+
+    async def _statement(self, group: Sequence[Part]) -> list[Row]:
+        if len(group) == 1:  # one key: the plain query, its rows tagged here
+            position, sql, params = group[0]
+            return [(position, *row) for row in await self._backend.fetch(sql, params, self._name)]
+        sql, values = combine(group)
+        return await self._backend.fetch(sql, values, self._name)
+
+    async def _after_refusal(self, parts: Sequence[Part]) -> tuple[int, str] | None:
+        """The combined statement failed: the answer one query at a time, as Postfix asks.
+
+        A query that fails before one has answered fails the lookup with its own error, as it
+        would one by one. When every part answers alone, the combination is tried once more;
+        if it fails again it is what the database refuses, and the map asks one key at a time
+        from then on (said once, at INFO). A passing error (a lock, a killed statement) or a
+        broken later table leaves combining on.
+        """
+        found: tuple[int, str] | None = None
+        for position, sql, params in parts:
+            try:
+                value = join_rows(await self._backend.fetch(sql, params, self._name))
+            except BackendError:
+                if found is None:
+                    raise
+                return found  # that query is broken by itself, not the combination
+            if found is None and value is not None:
+                found = (position, value)
+        try:
+            await self._together(parts)
+        except BackendError as again:
+            if again.reason == "query" and self._combine:
+                self._combine = False
+                reason = " ".join(str(again).split())  # the server quotes the statement, newlines and all
+                log.info(
+                    "map %s: its queries cannot run as one statement (%s); asking one key at a time", self._name, reason
+                )
+        return found
 
 
 def combine(parts: Sequence[tuple[int, str, Sequence[str]]]) -> tuple[str, list[str]]:

@@ -17,6 +17,7 @@ all: the answer is "not found" and no query is sent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ MYSQL = Dialect("mysql", "%s", "%%", "CONCAT(", ", ", ")")
 SQLITE = Dialect("sqlite", "?", "%", "(", " || ", ")")
 
 _EXPANSIONS = frozenset("sudSUD123456789")
+_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,11 @@ class CompiledQuery:
 class QueryTemplate:
     text: str
     parts: tuple[_Text | _Literal | str, ...]
+
+    @property
+    def orders_rows(self) -> bool:
+        """Whether the SQL outside quoted literals says ORDER BY."""
+        return any(isinstance(part, _Text) and _ORDER_BY.search(part.text) for part in self.parts)
 
     @classmethod
     def parse(cls, text: str) -> QueryTemplate:

@@ -9,6 +9,7 @@ MariaDB. The oracle is Postfix's mysql: client walking each parameter's search o
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 
 import pytest
@@ -74,16 +75,19 @@ async def test_socketmap_equals_postfix_mysql(
     oracle: PostfixOracle,
     expected: dict[str, dict[str, str | None]],
     combine: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     listen = [{"protocol": "socketmap", "address": "inet:127.0.0.1:0"}]
     cfg = make_config(mysql_url(tutorial_account), listen, lookup={"combine_queries": combine})
-    async with running_mailmapd(cfg) as server:
-        host, port = server.sockets[0][1]
-        problems: list[str] = []
-        for name in MAP_NAMES:
-            got = await postmap_batch(oracle, f"socketmap:inet:{host}:{port}:{name}", KEYS)
-            problems += [f"{name} {d}" for d in differences(got, expected[name])]
+    with caplog.at_level(logging.INFO, logger="mailmapd.maps"):
+        async with running_mailmapd(cfg) as server:
+            host, port = server.sockets[0][1]
+            problems: list[str] = []
+            for name in MAP_NAMES:
+                got = await postmap_batch(oracle, f"socketmap:inet:{host}:{port}:{name}", KEYS)
+                problems += [f"{name} {d}" for d in differences(got, expected[name])]
     assert not problems, "\n".join(problems)
+    assert not [r for r in caplog.records if r.name == "mailmapd.maps"], "the seed's queries must combine"
 
 
 @pytest.mark.parametrize("map_name", ["mailboxes", "aliases", "transports"])
@@ -102,8 +106,9 @@ async def test_tcp_table_equals_postfix_mysql(
 
 @pytest.mark.parametrize("combine", [True, False], ids=["one-statement", "one-query-per-key"])
 async def test_sqlite_backend_gives_the_same_answers(
-    sqlite_url: str, expected: dict[str, dict[str, str | None]], combine: bool
+    sqlite_url: str, expected: dict[str, dict[str, str | None]], combine: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="mailmapd.maps")
     cfg = make_config(sqlite_url, lookup={"combine_queries": combine})
     backend = SQLiteBackend(cfg.database)
     try:
@@ -121,3 +126,4 @@ async def test_sqlite_backend_gives_the_same_answers(
     finally:
         await backend.close()
     assert not problems, "\n".join(problems)
+    assert not [r for r in caplog.records if r.name == "mailmapd.maps"], "the seed's queries must combine"

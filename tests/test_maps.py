@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -216,13 +217,19 @@ async def test_a_search_order_is_one_statement_with_the_keys_bound() -> None:
     )
 
 
-async def test_aliases_ask_both_tables_in_one_statement_and_keep_the_extension_of_the_key_found() -> None:
-    backend = Recording([(3, "a@x.test")])  # position 3: email2email with info@d.test
+async def test_aliases_ask_each_table_in_one_statement_and_keep_the_extension_of_the_key_found() -> None:
+    """Two templates, two statements sent at once: a UNION of different templates would give
+    their columns one type and could change values."""
+    backend = Recording([(4, "catch@x.test")], [(3, "a@x.test")])  # forwardings, then email2email
     source = Queries("aliases", ["SELECT f FROM fw WHERE s='%s'", "SELECT e FROM ee WHERE e='%s'"], backend)
+    # Position 3 (email2email, info@d.test) comes before 4 (forwardings, @d.test).
     assert await AliasMap(source, 2, "+", propagate=True).lookup("info+sales@d.test") == "a+sales@x.test"
-    [(sql, params, _)] = backend.calls
-    assert params == ("info+sales@d.test",) * 2 + ("info@d.test",) * 2 + ("@d.test",) * 2
-    assert sql.count("FROM fw") == sql.count("FROM ee") == 3
+    [(forwardings, fw_params, _), (email2email, ee_params, _)] = backend.calls
+    assert fw_params == ee_params == ("info+sales@d.test", "info@d.test", "@d.test")
+    assert forwardings.count("FROM fw") == 3
+    assert "FROM ee" not in forwardings
+    assert email2email.count("FROM ee") == 3
+    assert [f"SELECT {n} AS" in email2email for n in range(6)] == [False, True, False, True, False, True]
 
 
 @pytest.mark.parametrize(
@@ -259,6 +266,26 @@ async def test_keys_that_cannot_fill_the_template_are_left_out_of_the_statement(
     assert backend.calls == [("SELECT v FROM t WHERE u=? AND d=?", ("u", "d.test"), "mailboxes")]
 
 
+async def test_a_key_left_out_keeps_the_positions_of_the_others() -> None:
+    """forwardings by %u cannot ask @d.test (position 2): it asks u@d.test alone, as a plain
+    query whose rows are tagged here; email2email asks positions 1 and 3 in one statement."""
+    backend = Recording([], [(3, "catch@x.test")])
+    source = Queries("aliases", ["SELECT f FROM fw WHERE u='%u'", "SELECT e FROM ee WHERE e='%s'"], backend)
+    assert await AliasMap(source, 2, "+", propagate=True).lookup("u@d.test") == "catch@x.test"
+    [(forwardings, fw_params, _), (email2email, ee_params, _)] = backend.calls
+    assert (forwardings, fw_params) == ("SELECT f FROM fw WHERE u=?", ("u",))
+    assert ee_params == ("u@d.test", "@d.test")
+    assert "SELECT 1 AS mailmapd_position" in email2email
+    assert "SELECT 3 AS mailmapd_position" in email2email
+
+
+async def test_a_plain_query_answers_at_its_own_position() -> None:
+    backend = Recording([("fw@x.test",)], [(1, "ee@x.test")])
+    source = Queries("aliases", ["SELECT f FROM fw WHERE u='%u'", "SELECT e FROM ee WHERE e='%s'"], backend)
+    # forwardings' only part is position 0 (u@d.test): it wins over email2email's position 1.
+    assert await AliasMap(source, 2, "+", propagate=True).lookup("u@d.test") == "fw@x.test"
+
+
 async def test_a_non_ascii_key_is_asked_one_key_at_a_time() -> None:
     """A column that cannot hold the key's characters fails the statement it is in; @domain
     must still be asked on its own."""
@@ -273,14 +300,15 @@ async def test_a_non_ascii_key_is_asked_one_key_at_a_time() -> None:
 async def test_templates_that_cannot_be_combined_are_asked_one_by_one_from_then_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Refused, every key answers alone, refused again: the combination is what fails."""
     refused = BackendError("query", 'sqlite: near ";": syntax error')
-    backend = Recording(refused, [], [("catchall/",)], [("u/",)])
+    backend = Recording(refused, [], [("catchall/",)], refused, [("u/",)])
     source = Queries("mailboxes", ["SELECT v FROM t WHERE k='%s';"], backend)
     search = SearchMap(source, lambda k: [v.key for v in address_variants(k, "+")])
     with caplog.at_level(logging.INFO, logger="mailmapd.maps"):
         assert await search.lookup("u@d.test") == "catchall/"
         assert await search.lookup("u@d.test") == "u/"
-    assert [len(params) for _, params, _ in backend.calls] == [2, 1, 1, 1]
+    assert [len(params) for _, params, _ in backend.calls] == [2, 1, 1, 2, 1]
     message = 'map mailboxes: its queries cannot run as one statement (sqlite: near ";": syntax error)'
     assert [r.getMessage() for r in caplog.records] == [message + "; asking one key at a time"]
 
@@ -306,12 +334,78 @@ async def test_combine_queries_false_asks_one_key_at_a_time() -> None:
 
 
 async def test_a_database_outage_is_not_taken_for_a_template_that_cannot_be_combined() -> None:
-    backend = Recording(BackendError("timeout", "slow"), [(0, "u/")])
+    backend = Recording(BackendError("connect", "no database host answered"), [(0, "u/")])
     search = SearchMap(Queries("mailboxes", ["SELECT v FROM t WHERE k='%s'"], backend), lambda k: [k, "@d.test"])
-    with pytest.raises(BackendError, match="slow"):
+    with pytest.raises(BackendError, match="no database host"):
         await search.lookup("u@d.test")
     assert await search.lookup("u@d.test") == "u/"
     assert [len(params) for _, params, _ in backend.calls] == [2, 2]
+
+
+async def test_a_passing_error_leaves_combining_on(caplog: pytest.LogCaptureFixture) -> None:
+    """A statement killed or locked once: the keys answer alone, the combination works the
+    second time, and the next lookup is combined."""
+    killed = BackendError("query", "(1317) Query execution was interrupted")
+    backend = Recording(killed, [], [("catchall/",)], [(1, "catchall/")], [(0, "u/")])
+    search = SearchMap(Queries("mailboxes", ["SELECT v FROM t WHERE k='%s'"], backend), lambda k: [k, "@d.test"])
+    with caplog.at_level(logging.INFO, logger="mailmapd.maps"):
+        assert await search.lookup("u@d.test") == "catchall/"
+        assert await search.lookup("u@d.test") == "u/"
+    assert [len(params) for _, params, _ in backend.calls] == [2, 1, 1, 2, 2]
+    assert not caplog.records
+
+
+async def test_a_broken_later_table_answers_as_one_by_one_and_leaves_combining_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """email2email's table is missing. One by one, Postfix answers a key found in forwardings
+    first and never asks email2email; so does mailmapd, and keeps combining."""
+    missing = BackendError("query", "no such table: ee")
+    backend = Recording(
+        [(0, "a@x.test")], missing,  # the two statements, at once
+        [("a@x.test",)], missing,  # one by one: forwardings answers, then email2email fails
+        [(0, "a@x.test")], missing,  # the next lookup: combined again
+        [("a@x.test",)], missing,
+    )  # fmt: skip
+    source = Queries("aliases", ["SELECT f FROM fw WHERE s='%s'", "SELECT e FROM ee WHERE e='%s'"], backend)
+    aliases = AliasMap(source, 2, "+", propagate=True)
+    with caplog.at_level(logging.INFO, logger="mailmapd.maps"):
+        assert await aliases.lookup("info@d.test") == "a@x.test"
+        assert await aliases.lookup("info@d.test") == "a@x.test"
+    assert [len(params) for _, params, _ in backend.calls] == [2, 2, 1, 1, 2, 2, 1, 1]
+    assert not caplog.records
+
+
+async def test_concurrent_lookups_that_find_the_combination_refused_say_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Refusing:
+        dialect = SQLITE
+
+        async def fetch(self, sql: str, params: Sequence[str], lane: str | None = None) -> list[Row]:
+            await asyncio.sleep(0)
+            if "UNION ALL" in sql:
+                raise BackendError("query", "syntax error")
+            return [("catchall/",)] if params[0] == "@d.test" else []
+
+        async def close(self) -> None:
+            pass
+
+    search = SearchMap(Queries("mailboxes", ["SELECT v FROM t WHERE k='%s'"], Refusing()), lambda k: [k, "@d.test"])
+    with caplog.at_level(logging.INFO, logger="mailmapd.maps"):
+        answers = await asyncio.gather(*(search.lookup(f"u{i}@d.test") for i in range(5)))
+    assert answers == ["catchall/"] * 5
+    assert len(caplog.records) == 1
+
+
+async def test_a_template_with_order_by_is_asked_one_key_at_a_time() -> None:
+    """MariaDB drops an ORDER BY without LIMIT inside a derived table."""
+    backend = Recording([], [("catchall/",)])
+    ordered = "SELECT v FROM t WHERE k='%s' ORDER BY prio"
+    assert await SearchMap(Queries("mailboxes", [ordered], backend), lambda k: [k, "@d.test"]).lookup("u@d.test") == (
+        "catchall/"
+    )
+    assert [params for _, params, _ in backend.calls] == [("u@d.test",), ("@d.test",)]
 
 
 async def test_propagated_extension_keeps_its_case() -> None:

@@ -79,6 +79,50 @@ async def test_the_longest_transport_search_is_one_statement(
         await backend.close()
 
 
+async def test_alias_tables_of_different_column_types_keep_their_values(tutorial_account: DatabaseAccount) -> None:
+    """A UNION of forwardings' DECIMAL and email2email's INT would give both one type, and 10
+    would read 10.0: each template is a statement of its own, so the values are the queries'."""
+    cfg = make_config(
+        mysql_url(tutorial_account),
+        maps={
+            "forwardings": {"query": "SELECT 1.5 FROM forwardings WHERE source='%s'"},
+            "email2email": {"query": "SELECT 10 FROM users WHERE email='%s'"},
+        },
+    )
+    backend = MySQLBackend(cfg.database)
+    try:
+        resolver = make_resolver(cfg, backend)
+        assert await resolver.resolve("aliases", "sales@example.test") == Found("10")
+    finally:
+        await backend.close()
+
+
+async def test_a_template_mariadb_refuses_to_combine_is_asked_one_key_at_a_time(
+    tutorial_account: DatabaseAccount, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trailing semicolon: MariaDB takes the query alone, not inside a derived table (1064)."""
+    query = (
+        "SELECT CONCAT(SUBSTRING_INDEX(email,'@',-1),'/',SUBSTRING_INDEX(email,'@',1),'/') FROM users WHERE email='%s';"
+    )
+    cfg = make_config(mysql_url(tutorial_account), maps={"mailboxes": {"query": query}})
+    backend = CountingBackend(MySQLBackend(cfg.database))
+    try:
+        resolver = make_resolver(cfg, backend)
+        with caplog.at_level(logging.INFO, logger="mailmapd.maps"):
+            # refused, the three keys alone (sales+x@, sales@, @example.test), refused again
+            assert await resolver.resolve("mailboxes", "sales+x@example.test") == Found("example.test/sales/")
+            assert backend.statements == 5
+            assert await resolver.resolve("mailboxes", "nobody@example.test") == NotFound()
+            assert backend.statements == 7  # nobody@example.test, @example.test
+        [record] = [r for r in caplog.records if r.name == "mailmapd.maps"]
+        message = record.getMessage()
+        assert message.startswith("map mailboxes: its queries cannot run as one statement (mysql ")
+        assert "(1064) You have an error in your SQL syntax" in message
+        assert "\n" not in message
+    finally:
+        await backend.close()
+
+
 async def test_database_stopped_answers_temp_then_recovers(private_mariadb: MariaDB, own_db: DatabaseAccount) -> None:
     cfg = make_config(
         mysql_url(own_db), lookup={"timeout": 5.0}, database={"url": mysql_url(own_db), "retry_interval": 60.0}

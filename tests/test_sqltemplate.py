@@ -560,3 +560,18 @@ def test_special_keys_match_only_themselves(key: str) -> None:
             assert run(db, "SELECT email FROM users WHERE email='%u@%d'", key) == [key]
             assert compile_sql(where("ud"), SQLITE).params(key) == (local, domain)
     db.close()
+
+
+@pytest.mark.parametrize(
+    ("template", "orders"),
+    [
+        pytest.param("SELECT d FROM f WHERE s='%s'", False, id="plain"),
+        pytest.param("SELECT d FROM f WHERE s='%s' ORDER BY id", True, id="order-by"),
+        pytest.param("select d from f where s='%s' order\n  by id limit 1", True, id="lower-case-any-space"),
+        pytest.param("SELECT GROUP_CONCAT(d ORDER BY d) FROM f WHERE s='%s'", True, id="inside-a-function"),
+        pytest.param("SELECT d FROM f WHERE s='%s' AND n<>'order by'", False, id="inside-a-literal"),
+        pytest.param("SELECT border_by FROM f WHERE s='%s'", False, id="part-of-a-name"),
+    ],
+)
+def test_orders_rows(template: str, orders: bool) -> None:
+    assert QueryTemplate.parse(template).orders_rows is orders
