@@ -3,17 +3,18 @@
     python bench/search_statement.py                  # size small, 1,500 keys, 5 rounds
     python bench/search_statement.py --keys 3000 --rounds 7
 
-Two parts, each side run over the same keys in rotating order, round after round; the
-figures are medians over rounds of the wall time per key, from one aiomysql connection (no
-socketmap, no cache).
+Two parts, each side run over the same keys in rotating order, round after round, one lookup
+at a time; the figures are medians over rounds of the wall time per key (no socketmap, no
+cache).
 
-- statements: the seed's mailboxes query as one statement with one key; wrapped as a derived
-  table; two and three of them joined by UNION ALL (as ``mailmapd.maps.combine`` builds them);
-  two plain statements one after the other. This is what the database and the client pay per
-  form.
+- statements, on one aiomysql connection: the seed's mailboxes query as one statement with
+  one key; wrapped as a derived table; two and three of them joined by UNION ALL (as
+  ``mailmapd.maps.combine`` builds them); two plain statements one after the other. This is
+  what the database and the client pay per form.
 - maps: ``mailboxes``, ``aliases`` and ``transports`` from ``mailmapd.maps.build_maps`` on
-  the MySQL backend, with ``lookup.combine_queries`` true (one statement per lookup) and false
-  (one query per key, as Postfix's mysql: client), asked the key mix of bench/lookups.py.
+  the MySQL backend (default ``pool_size``), with ``lookup.combine_queries`` true (one
+  statement per template; aliases sends its two at once) and false (one query per key, as
+  Postfix's mysql: client), asked the key mix of bench/lookups.py.
 
 Everything listens on 127.0.0.1; the MariaDB is stopped and its files removed at the end.
 """
@@ -115,9 +116,7 @@ async def maps(account: DatabaseAccount, keys: Sequence[str], count: int) -> dic
     sides: dict[str, Ask] = {}
     backends = []
     for combined in (True, False):
-        cfg = parse_config(
-            {"database": {"url": url, "pool_size": 1}, "lookup": {"combine_queries": combined}}, "<bench>"
-        )
+        cfg = parse_config({"database": {"url": url}, "lookup": {"combine_queries": combined}}, "<bench>")
         backend = MySQLBackend(cfg.database)
         backends.append(backend)
         built = build_maps(cfg, backend)
