@@ -121,7 +121,7 @@ async def maps(account: DatabaseAccount, keys: Sequence[str], count: int) -> dic
         backends.append(backend)
         built = build_maps(cfg, backend)
         for name in ("mailboxes", "aliases", "transports"):
-            sides[f"{name}, {'one statement' if combined else 'one query per key'}"] = built[name].lookup
+            sides[f"{name}, {'combined' if combined else 'one query per key'}"] = built[name].lookup
     try:
         return await rounds(sides, keys, count)
     finally:

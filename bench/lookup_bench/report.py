@@ -346,7 +346,8 @@ def _efficiency_md(eff: dict[str, Any]) -> list[str]:
     out += [
         "",
         (
-            "Each search order is one statement (docs/maps.md). The last row, with `combine_queries = false`, "
+            "Each search order is one statement per query template (docs/maps.md). The last row, with "
+            "`combine_queries = false`, "
             "sends one query per key and waits for each answer, as Postfix's own mysql: and proxy:mysql: "
             "clients do for the same lookups (mailmapd walks the same search orders): that row is their cost."
         ),
