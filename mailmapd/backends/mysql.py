@@ -159,18 +159,18 @@ class MySQLBackend:
         return usable or sorted(self._hosts, key=lambda h: h.failed_until)
 
     async def fetch(self, sql: str, params: Sequence[str], lane: str | None = None) -> list[Row]:
-        rows, _ = await self._on_first_host(sql, params, retry=True, lane=lane)
+        rows, _ = await self._on_first_host(sql, params, retry=True, lane_key=lane or sql)
         return rows
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> int:
         """Run a statement that changes data (admin commands) on the first host that answers.
 
         Not run again when the connection breaks: the server may have applied it already."""
-        _, count = await self._on_first_host(sql, params, retry=False)
+        _, count = await self._on_first_host(sql, params, retry=False, lane_key=sql)
         return count
 
     async def _on_first_host(
-        self, sql: str, params: Sequence[object], *, retry: bool, lane: str | None = None
+        self, sql: str, params: Sequence[object], *, retry: bool, lane_key: str
     ) -> tuple[list[Row], int]:
         last: BaseException | None = None
         candidates = self._candidates()
@@ -181,13 +181,13 @@ class MySQLBackend:
         for host, spare in order:
             try:
                 try:
-                    return await self._run_on(host, sql, params, spare=spare, lane_name=lane)
+                    return await self._run_on(host, sql, params, spare=spare, lane_key=lane_key)
                 except _LostConnectionError:
                     if not retry:
                         raise
                     # A pooled connection the server had closed (wait_timeout, restart):
                     # one more try on a fresh connection before blaming the host.
-                    return await self._run_on(host, sql, params, spare=spare, lane_name=lane, fresh=True)
+                    return await self._run_on(host, sql, params, spare=spare, lane_key=lane_key, fresh=True)
             except _BusyHostError:
                 order.append((host, False))
                 continue
@@ -207,15 +207,14 @@ class MySQLBackend:
         params: Sequence[object],
         *,
         spare: bool,
-        lane_name: str | None = None,
+        lane_key: str,
         fresh: bool = False,
     ) -> tuple[list[Row], int]:
         if self._closed:
             raise BackendError("connect", "the database connections are closed (stopping or reloaded)")
-        name = lane_name or sql
-        lane = host.lanes.get(name)
+        lane = host.lanes.get(lane_key)
         if lane is None:
-            lane = host.lanes[name] = _Lane(self._pool_size)
+            lane = host.lanes[lane_key] = _Lane(self._pool_size)
         # Waiting for a busy lane is not the host's fault: on the last host the lookup
         # deadline bounds it. With a spare host, a lookup waits at most connect_timeout, and
         # none goes on to a host that others found failing while it waited: queued behind the
